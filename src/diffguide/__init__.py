@@ -1,0 +1,3 @@
+"""diffguide: guided diffusion models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,196 @@
+"""Noise schedules, spoken in log-SNR ``lam`` (CFG paper notation).
+
+``z = alpha * x + sigma * eps`` with ``lam = log(alpha**2 / sigma**2)``, so
+``alpha**2 = sigmoid(lam)`` and ``sigma**2 = sigmoid(-lam)``. Everything downstream (losses,
+samplers, guidance) takes per-sample ``lam`` tensors; a schedule only decides *which* ``lam``
+values are used: for training (``sample_lam``) and for sampling (``grid``).
+
+A sampling grid is increasing (noisy to clean) and ends in ``+inf`` — the clean limit where
+``alpha = 1, sigma = 0`` — so a grid of ``steps`` network evaluations has ``steps + 1`` entries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "alpha_sigma",
+    "ContinuousSchedule",
+    "DiscreteSchedule",
+    "Schedule",
+    "check_grid",
+    "get_schedule",
+]
+
+
+def alpha_sigma(lam: Tensor) -> tuple[Tensor, Tensor]:
+    """``(alpha, sigma)`` at log-SNR ``lam``, stable for any ``lam`` (``+inf`` gives ``(1, 0)``).
+
+    Uses ``logsigmoid`` so that neither is computed as ``sqrt(1 - x)`` of a rounded number.
+    """
+    return torch.exp(0.5 * torch.nn.functional.logsigmoid(lam)), torch.exp(
+        0.5 * torch.nn.functional.logsigmoid(-lam)
+    )
+
+
+def check_grid(lams: Tensor) -> Tensor:
+    """Validate a sampling grid: 1-D, at least 2 entries, strictly increasing, no NaN, finite but
+    for a final ``+inf``. Returns it as float64 on CPU (sampler arithmetic is done in float64
+    scalars and cast at the end)."""
+    if not isinstance(lams, Tensor):
+        lams = torch.as_tensor(lams)
+    lams = lams.detach().to("cpu", torch.float64)
+    if lams.ndim != 1 or lams.numel() < 2:
+        raise ValueError(f"lam grid must be 1-D with at least 2 entries, got shape {tuple(lams.shape)}")
+    if torch.isnan(lams).any():
+        raise ValueError(f"lam grid contains NaN: {lams.tolist()}")
+    if torch.isinf(lams[:-1]).any() or lams[-1] == -math.inf:
+        raise ValueError(f"lam grid must be finite except a final +inf, got {lams.tolist()}")
+    bad = (lams[1:] <= lams[:-1]).nonzero().flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(
+            f"lam grid must be strictly increasing (noisy to clean); entry {i + 1} = "
+            f"{lams[i + 1].item():.6g} does not exceed entry {i} = {lams[i].item():.6g}"
+        )
+    return lams
+
+
+class Schedule(Protocol):
+    """What the trainer and the samplers need from a schedule."""
+
+    def sample_lam(self, n: int, *, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> Tensor: ...
+
+    def grid(self, steps: int) -> Tensor: ...
+
+
+def _check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    return steps
+
+
+@dataclass(frozen=True)
+class ContinuousSchedule:
+    """The CFG paper's schedule ``lam(u) = -2 log tan(a u + b)``, ``u in [0, 1]`` (Ho & Salimans
+    2022, Sec. 2): a hyperbolic secant density on ``lam`` truncated to ``[lam_min, lam_max]``.
+    ``u = 0`` is the clean end (``lam_max``), ``u = 1`` the noisy end (``lam_min``)."""
+
+    lam_min: float = -20.0
+    lam_max: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lam_min) and math.isfinite(self.lam_max) and self.lam_min < self.lam_max):
+            raise ValueError(
+                f"need finite lam_min < lam_max, got lam_min={self.lam_min}, lam_max={self.lam_max}"
+            )
+
+    @property
+    def _ab(self) -> tuple[float, float]:
+        b = math.atan(math.exp(-self.lam_max / 2))
+        a = math.atan(math.exp(-self.lam_min / 2)) - b
+        return a, b
+
+    def lam(self, u: Tensor) -> Tensor:
+        """``lam(u) = -2 log tan(a u + b)``."""
+        a, b = self._ab
+        return -2.0 * torch.log(torch.tan(a * u + b))
+
+    def u(self, lam: Tensor) -> Tensor:
+        """Inverse of :meth:`lam`: ``u = (arctan(exp(-lam/2)) - b) / a``."""
+        a, b = self._ab
+        return (torch.atan(torch.exp(-lam / 2)) - b) / a
+
+    def sample_lam(self, n: int, *, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> Tensor:
+        """Training ``lam`` (CFG paper Algorithm 1): ``lam(u)``, ``u ~ U[0, 1]``."""
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return self.lam(u).to(device=device, dtype=torch.float32)
+
+    def grid(self, steps: int, spacing: Literal["u", "lam"] = "u") -> Tensor:
+        """``steps`` network evaluations from ``lam_min`` upward, then ``+inf``. ``spacing="u"``
+        is the paper's (uniform in ``u``); ``"lam"`` is uniform in log-SNR."""
+        steps = _check_steps(steps)
+        if spacing == "u":
+            lams = self.lam(1.0 - torch.arange(steps, dtype=torch.float64) / steps)
+        elif spacing == "lam":
+            lams = self.lam_min + (self.lam_max - self.lam_min) * torch.arange(steps, dtype=torch.float64) / steps
+        else:
+            raise ValueError(f"spacing must be 'u' or 'lam', got {spacing!r}")
+        return torch.cat([lams, torch.tensor([math.inf], dtype=torch.float64)])
+
+
+@dataclass(frozen=True)
+class DiscreteSchedule:
+    """A discrete VP (DDPM) schedule as a table ``lam_t = log(abar_t / (1 - abar_t))``, t = 1..T
+    (``lams[0]`` is t = 1, the least noisy). Networks see ``lam_t``, never ``t``, so a
+    discrete-trained model shares every sampler with a continuous one."""
+
+    lams: tuple[float, ...] = field(repr=False)
+    name: str = "discrete"
+
+    def __post_init__(self) -> None:
+        t = torch.tensor(self.lams, dtype=torch.float64)
+        if t.ndim != 1 or t.numel() < 2 or not torch.isfinite(t).all() or (t[1:] >= t[:-1]).any():
+            raise ValueError("a discrete schedule needs >= 2 finite lam values, strictly decreasing in t")
+
+    @property
+    def T(self) -> int:
+        return len(self.lams)
+
+    @property
+    def table(self) -> Tensor:
+        """``lam_t`` for t = 1..T, float64."""
+        return torch.tensor(self.lams, dtype=torch.float64)
+
+    @classmethod
+    def from_betas(cls, betas: Tensor, name: str = "discrete") -> DiscreteSchedule:
+        # abar_t = prod_{s<=t} (1 - beta_s); lam = log abar - log(1 - abar), via log1p/expm1 for accuracy.
+        log_abar = torch.cumsum(torch.log1p(-betas.to(torch.float64)), 0)
+        lam = log_abar - torch.log(-torch.expm1(log_abar))
+        return cls(tuple(lam.tolist()), name)
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteSchedule:
+        """Ho et al. 2020: betas linear from ``beta_start`` to ``beta_end``."""
+        return cls.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), "linear")
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008) -> DiscreteSchedule:
+        """Nichol & Dhariwal 2021, eq. 17: ``abar_t = f(t)/f(0)``, ``f(t) = cos((t/T + s)/(1+s) pi/2)^2``,
+        betas clipped at 0.999."""
+        t = torch.arange(T + 1, dtype=torch.float64)
+        f = torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        return cls.from_betas(betas, "cosine")
+
+    def sample_lam(self, n: int, *, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> Tensor:
+        """Training ``lam``: ``lam_t`` with t uniform on 1..T (Ho et al. 2020, Algorithm 1)."""
+        t = torch.randint(0, self.T, (n,), generator=generator)
+        return self.table[t].to(device=device, dtype=torch.float32)
+
+    def grid(self, steps: int) -> Tensor:
+        """``steps`` timesteps evenly spaced from T down to 1 (rounded, duplicates dropped), then ``+inf``."""
+        steps = _check_steps(steps)
+        if steps > self.T:
+            raise ValueError(f"steps={steps} exceeds the schedule's T={self.T}")
+        t = torch.linspace(self.T - 1, 0, steps, dtype=torch.float64).round().long().unique_consecutive()
+        return torch.cat([self.table[t], torch.tensor([math.inf], dtype=torch.float64)])
+
+
+def get_schedule(name: str) -> ContinuousSchedule | DiscreteSchedule:
+    """A schedule by name: ``"continuous"`` (the CFG paper's), ``"linear"`` or ``"cosine"`` (T=1000)."""
+    if name == "continuous":
+        return ContinuousSchedule()
+    if name == "linear":
+        return DiscreteSchedule.linear()
+    if name == "cosine":
+        return DiscreteSchedule.cosine()
+    raise ValueError(f"unknown schedule {name!r}; expected 'continuous', 'linear' or 'cosine'")

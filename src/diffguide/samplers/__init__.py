@@ -1,0 +1,21 @@
+"""Samplers: ``sample(eps_fn, z, lams, *, noise=None, ...) -> x``. They know nothing of labels or guidance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .base import EpsFn, Noise
+from .ddim import ddim
+from .ddpm import ddpm
+
+__all__ = ["ddim", "ddpm", "EpsFn", "Noise", "SAMPLERS", "get_sampler"]
+
+SAMPLERS: dict[str, Callable[..., object]] = {"ddpm": ddpm, "ddim": ddim}
+
+
+def get_sampler(name: str) -> Callable[..., object]:
+    """A sampler by name (``"ddpm"`` or ``"ddim"``)."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}") from None

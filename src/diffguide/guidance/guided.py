@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..prediction import bcast
 from .cfg import Weight, check_weight
@@ -89,7 +89,7 @@ class GuidedEps:
         with ctx:
             out = self.net(z, lam, cond)
         self.calls += 1
-        return out.float()
+        return out.to(torch.promote_types(out.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
 
     def net_eps(self, z: Tensor, lam: Tensor) -> Tensor:
         """The guided network prediction (no classifier term), one batched forward."""
@@ -159,7 +159,5 @@ def guided(net: Net, c: Tensor, w: Weight = 0.0, *, null: Tensor | None = None, 
         terms: list[tuple[Tensor, Weight]] = [(null, 1.0)]
     else:
         terms = [(c, 1 + w), (null, -w)]
-    if isinstance(net, nn.Module) and net.training:
-        raise ValueError("the network is in training mode: call net.eval() before sampling")
     return GuidedEps(net, terms, classifier=classifier, cg_labels=c if classifier is not None else None,
                      cg_scale=cg_scale, cg_form=cg_form, max_batch=max_batch, autocast=autocast)

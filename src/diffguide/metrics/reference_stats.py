@@ -1,0 +1,153 @@
+"""Reference statistics of real data, computed once per (data set, split, feature net, weights)
+and cached as ``.npz``: the features' mean and covariance (for FID) and a fixed random subset of
+the raw features (for precision/recall).
+
+Cache directory: the ``cache_dir`` argument, else ``$DIFFGUIDE_CACHE``, else
+``~/.cache/diffguide``. Files are written atomically (temp file + ``os.replace``), so concurrent
+runs never see a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .features import FeatureNet, _check_eval, _device_of
+
+__all__ = ["ReferenceStats", "cache_path", "mnist_reference_stats", "reference_stats", "resolve_cache_dir",
+           "weights_hash"]
+
+ImagesLike = Tensor | np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceStats:
+    """``mu`` ``(D,)`` and ``sigma`` ``(D, D)`` (float64) over all ``n`` images; ``features``
+    ``(M, D)`` float32, a fixed random subset of ``M <= max_features`` of them."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray
+    n: int
+
+
+def weights_hash(net: FeatureNet | nn.Module) -> str:
+    """Hex SHA-256 (first 16 digits) over the net's ``state_dict``: names, dtypes, shapes, bytes."""
+    state_dict = getattr(net, "state_dict", None)
+    if state_dict is None:
+        raise TypeError(f"cannot hash the weights of {type(net).__name__}: it has no state_dict()")
+    h = hashlib.sha256()
+    for name, t in sorted(state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``cache_dir``, else ``$DIFFGUIDE_CACHE``, else ``~/.cache/diffguide``."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("DIFFGUIDE_CACHE") or Path.home() / ".cache" / "diffguide"
+    return Path(cache_dir).expanduser()
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", s)
+
+
+def cache_path(dataset: str, split: str, net: FeatureNet, max_features: int,
+               cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Cache file ``{dataset}-{split}-{net.name}-{weights_hash}-m{max_features}.npz``."""
+    name = f"{dataset}-{split}-{net.name}-{weights_hash(net)}-m{max_features}"
+    return resolve_cache_dir(cache_dir) / f"{_safe(name)}.npz"
+
+
+@torch.no_grad()
+def _compute(net: FeatureNet, images: ImagesLike, max_features: int, batch_size: int, seed: int) -> ReferenceStats:
+    """One streaming pass: float64 sums of shifted features and their outer products, plus the
+    rows of a seeded random subset (so memory is ``O(D^2 + M D)``, not ``O(N D)``)."""
+    x_all = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
+    N = len(x_all)
+    if N < 2:
+        raise ValueError(f"need at least 2 reference images, got {N}")
+    _check_eval(net)
+    keep = np.sort(np.random.default_rng(seed).choice(N, size=min(max_features, N), replace=False))
+    device = _device_of(net)
+
+    def feats(i: int) -> Tensor:
+        x = x_all[i:i + batch_size]
+        x = x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+        return net.features(x.to(device)).double().cpu()
+
+    f = feats(0)
+    shift = f.mean(0)  # centring by a rough mean keeps the one-pass covariance accurate
+    s1, s2 = torch.zeros_like(shift), torch.zeros(len(shift), len(shift), dtype=torch.float64)
+    kept = []
+    for i in range(0, N, batch_size):
+        f = f if i == 0 else feats(i)
+        g = f - shift
+        s1 += g.sum(0)
+        s2 += g.T @ g
+        sel = keep[(keep >= i) & (keep < i + len(f))] - i
+        kept.append(f[torch.from_numpy(sel)].float())
+    mean_g = s1 / N
+    sigma = (s2 - N * torch.outer(mean_g, mean_g)) / (N - 1)
+    return ReferenceStats(mu=(shift + mean_g).numpy(), sigma=(0.5 * (sigma + sigma.T)).numpy(),
+                          features=torch.cat(kept).numpy(), n=N)
+
+
+def _save(path: Path, stats: ReferenceStats) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=stats.mu, sigma=stats.sigma, features=stats.features, n=np.int64(stats.n))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _load(path: Path) -> ReferenceStats | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return ReferenceStats(mu=z["mu"], sigma=z["sigma"], features=z["features"], n=int(z["n"]))
+    except (OSError, KeyError, ValueError):
+        return None  # missing or unreadable: recompute
+
+
+def reference_stats(dataset: str, split: str, net: FeatureNet, images: ImagesLike | Callable[[], ImagesLike], *,
+                    cache_dir: str | os.PathLike[str] | None = None, max_features: int = 10_000,
+                    batch_size: int = 500, seed: int = 0, recompute: bool = False) -> ReferenceStats:
+    """Reference statistics of ``images`` (``(N, C, H, W)``, float in [-1, 1] or uint8) under
+    ``net``, from the cache if present. ``images`` may be a zero-argument callable, called only
+    on a cache miss. ``dataset`` and ``split`` name the data in the cache key — they must
+    identify ``images`` uniquely."""
+    path = cache_path(dataset, split, net, max_features, cache_dir)
+    if not recompute and (stats := _load(path)) is not None:
+        return stats
+    stats = _compute(net, images() if callable(images) else images, max_features, batch_size, seed)
+    _save(path, stats)
+    return stats
+
+
+def mnist_reference_stats(split: str = "train", net: FeatureNet | None = None, *,
+                          cache_dir: str | os.PathLike[str] | None = None,
+                          max_features: int = 10_000) -> ReferenceStats:
+    """Reference statistics of built-in MNIST ``split`` under ``net`` (default: the shipped
+    :func:`~diffguide.metrics.evaluator.load_evaluator`)."""
+    from diffguide.data.mnist import load_mnist
+
+    from .evaluator import load_evaluator
+
+    return reference_stats("mnist", split, net if net is not None else load_evaluator(),
+                           lambda: load_mnist(split)[0], cache_dir=cache_dir, max_features=max_features)

@@ -1,0 +1,42 @@
+"""All sample metrics in one call: FID, precision/recall, IS and class accuracy of generated
+images against :class:`~diffguide.metrics.reference_stats.ReferenceStats`."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import Tensor
+
+from .features import FeatureNet, extract
+from .fid import feature_stats, frechet_distance
+from .inception_score import inception_score
+from .precision_recall import class_accuracy, precision_recall
+from .reference_stats import ReferenceStats
+
+__all__ = ["sample_metrics"]
+
+
+def sample_metrics(net: FeatureNet, images: Tensor | np.ndarray, reference: ReferenceStats,
+                   labels: Tensor | np.ndarray | None = None, *, splits: int = 10, k: int = 3,
+                   batch_size: int = 500) -> dict[str, float]:
+    """Metrics of generated ``images`` ``(N, C, H, W)`` in [-1, 1] (or uint8) under ``net``:
+
+    - ``fid``: Fréchet distance to ``reference`` (mu, sigma over all reference images);
+    - ``precision``, ``recall``: k-NN manifolds (k = ``k``) of equally many real and fake
+      features, ``min(N, len(reference.features))`` each (set size changes the radii);
+    - ``is_mean``, ``is_std``: Inception Score over ``splits`` splits of ``net.probs``;
+    - ``accuracy``: how often ``net`` classifies a sample as its requested ``labels`` (if given).
+
+    IS and accuracy are left out when ``net.probs`` raises ``NotImplementedError``
+    (e.g. :class:`~diffguide.metrics.features.InceptionFeatures`)."""
+    feats = extract(net, images, batch_size)
+    out = {"fid": frechet_distance(*feature_stats(feats), reference.mu, reference.sigma)}
+    m = min(len(feats), len(reference.features))
+    out["precision"], out["recall"] = precision_recall(reference.features[:m], feats[:m], k)
+    try:
+        probs = extract(net, images, batch_size, output="probs")
+    except NotImplementedError:
+        return out
+    out["is_mean"], out["is_std"] = inception_score(probs, min(splits, len(probs)))
+    if labels is not None:
+        out["accuracy"] = class_accuracy(probs, labels)
+    return out

@@ -1,0 +1,69 @@
+"""Image grids and sample files (Pillow and numpy only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_samples", "load_samples"]
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """Images in [-1, 1], ``(N, C, H, W)`` -> uint8 ``(N, H, W, C)``."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_grid(x: Tensor, nrow: int, pad: int = 2) -> np.ndarray:
+    """Tile ``(N, C, H, W)`` images in [-1, 1] into one uint8 ``(H', W', C)`` array, ``nrow`` per row."""
+    imgs = to_uint8(x)
+    n, h, w, c = imgs.shape
+    rows = -(-n // nrow)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i, img in enumerate(imgs):
+        r, q = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img
+    return grid
+
+
+def save_grid(x: Tensor, path: str | Path, nrow: int, scale: int = 2) -> Path:
+    """Write a PNG grid of ``x`` (upscaled ``scale`` times with nearest neighbours)."""
+    g = make_grid(x, nrow)
+    img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def save_samples(path: str | Path, x: Tensor, labels: Tensor, **meta: float | int | str) -> Path:
+    """Samples as ``.npz``: ``images`` uint8 ``(N, H, W, C)``, ``labels`` int64, plus scalar metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, images=to_uint8(x), labels=labels.cpu().numpy().astype(np.int64),
+                        **{k: np.asarray(v) for k, v in meta.items()})
+    tmp.replace(path)
+    return path
+
+
+def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None]:
+    """``(images in [-1, 1] (N, C, H, W), labels or None)`` from a ``.npz`` with ``images`` uint8 NHWC."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"samples file not found: {path}")
+    with np.load(path) as f:
+        if "images" not in f:
+            raise ValueError(f"{path} has no 'images' array (found {sorted(f.files)})")
+        images = f["images"]
+        labels = torch.from_numpy(f["labels"].astype(np.int64)) if "labels" in f else None
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"{path}: 'images' must be uint8 (N, H, W[, C]), got {images.dtype} {images.shape}")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, labels

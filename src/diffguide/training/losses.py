@@ -1,0 +1,87 @@
+"""Training losses, each a small callable: ``loss(net, x, c, generator) -> (loss, stats)``.
+
+``x`` are images in [-1, 1] of shape ``(B, C, H, W)``, ``c`` int64 labels ``(B,)``. Randomness
+(``lam``, ``eps``, label dropout) comes from ``generator`` only, so a step is a pure function of
+the weights, the batch and the generator's seed (exact resume).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..prediction import bcast
+from ..schedule import Schedule, alpha_sigma
+
+__all__ = ["DiffusionLoss", "ClassifierLoss", "drop_labels", "noise_quartile"]
+
+
+def drop_labels(c: Tensor, p_uncond: float, null_label: int, generator: torch.Generator) -> Tensor:
+    """Replace each label by the null label with probability ``p_uncond`` (CFG paper, Algorithm 1)."""
+    if p_uncond <= 0:
+        return c
+    drop = torch.rand(c.shape, generator=generator, device=generator.device).to(c.device) < p_uncond
+    return torch.where(drop, torch.full_like(c, null_label), c)
+
+
+def _noisy(x: Tensor, lam: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    eps = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
+    alpha, sigma = alpha_sigma(lam)
+    return bcast(alpha, x) * x + bcast(sigma, x) * eps, eps  # z = alpha x + sigma eps
+
+
+@dataclass(frozen=True)
+class DiffusionLoss:
+    """``||eps_theta(z_lam, c~) - eps||^2`` with ``lam`` from the schedule and ``c~`` the label dropped to
+    the null label with probability ``p_uncond`` (CFG paper, Algorithm 1)."""
+
+    schedule: Schedule
+    p_uncond: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.p_uncond) and 0.0 <= self.p_uncond <= 1.0):
+            raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond!r}")
+
+    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator) -> tuple[Tensor, dict]:
+        lam = self.schedule.sample_lam(x.shape[0], generator=generator).to(x.device)
+        c = drop_labels(c, self.p_uncond, int(net.null_label), generator)
+        z, eps = _noisy(x, lam, generator)
+        loss = F.mse_loss(net(z, lam, c).float(), eps)
+        return loss, {}
+
+
+def noise_quartile(schedule: Schedule, lam: Tensor) -> Tensor:
+    """Noise quartile of each ``lam``: 0 for the least noisy quarter of the schedule (``u < 1/4``) to 3."""
+    edges = schedule.lam(torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).to(lam.device, lam.dtype)
+    return (lam[:, None] < edges[None, :]).sum(1)  # edges decrease in u: below more edges = noisier
+
+
+@dataclass(frozen=True)
+class ClassifierLoss:
+    """Cross-entropy of a noise-aware classifier ``p(c | z_lam)`` on ``z = alpha x + sigma eps``, ``lam``
+    from the diffusion schedule (Dhariwal & Nichol 2021, Sec. 4); a fraction ``p_clean`` of the batch is
+    shown clean (``lam = lam_max`` of the schedule). Stats: per-quartile correct/total counts."""
+
+    schedule: Schedule
+    p_clean: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.p_clean) and 0.0 <= self.p_clean <= 1.0):
+            raise ValueError(f"p_clean must be in [0, 1], got {self.p_clean!r}")
+
+    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator) -> tuple[Tensor, dict]:
+        lam = self.schedule.sample_lam(x.shape[0], generator=generator).to(x.device)
+        if self.p_clean > 0:
+            clean = torch.rand(lam.shape, generator=generator, device=generator.device).to(x.device) < self.p_clean
+            lam = torch.where(clean, self.schedule.lam(torch.zeros(1)).to(lam), lam)
+        z, _ = _noisy(x, lam, generator)
+        logits = net(z, lam).float()
+        q = noise_quartile(self.schedule, lam)
+        correct = (logits.argmax(1) == c).float()
+        stats = {"correct_q": torch.zeros(4, device=x.device).index_add_(0, q, correct),
+                 "count_q": torch.zeros(4, device=x.device).index_add_(0, q, torch.ones_like(correct))}
+        return F.cross_entropy(logits, c), stats

@@ -1,0 +1,378 @@
+"""Guidance sweeps: sample a model at several guidance settings with the *same* per-sample seeds,
+score every setting (FID, IS, precision/recall, class accuracy) and tabulate and plot the trade-off
+(CFG paper, Table 1 and Fig. 2; Dhariwal & Nichol, Table 4).
+
+Layout of a sweep directory ``out``::
+
+    results.jsonl                one JSON row per finished setting, appended as each one finishes
+    results.csv, results.json    the finished rows of this configuration, written at the end
+    sweep.png                    FID / IS / precision & recall vs guidance strength, FID-vs-IS frontier
+    grids/<tag>.png              first 10 samples per class, one row per class
+    samples/<tag>.npz            all samples of a setting (``images`` uint8 NHWC, ``labels``)
+    samples/<tag>/chunk-XXXX.npz the same samples in chunks, written as they are made
+
+A sweep is resumable: a setting whose row (same tag, ``n`` and sampling configuration, same
+evaluator and reference) is already in ``results.jsonl`` is skipped; a setting cut short restarts
+from its last finished chunk (each chunk records the configuration it was made with and is only
+reused if that matches). Delete ``samples/<tag>/`` once a sweep is done to save disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..api import Pipeline
+from ..images import load_samples, save_grid
+from ..metrics import FeatureNet, ReferenceStats, mnist_reference_stats, sample_metrics, weights_hash
+
+__all__ = ["Setting", "run_sweep", "evaluate_samples", "default_evaluator", "grid_settings", "read_rows"]
+
+RESULTS = "results.jsonl"
+# Columns first in results.csv (others follow alphabetically).
+COLUMNS = ["tag", "method", "w", "cg_scale", "unconditional", "n", "fid", "is_mean", "is_std", "precision",
+           "recall", "accuracy", "sample_seconds", "metrics_seconds", "sampler", "steps", "seed"]
+
+
+def _num(x: float) -> str:
+    """Shortest round-tripping text of a float, without a trailing ``.0``: 3.0 -> '3', 0.1 -> '0.1'."""
+    s = repr(float(x))
+    return s[:-2] if s.endswith(".0") else s
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One guidance setting. ``w``: the CFG paper's weight (0 = the conditional model);
+    ``cg_scale``: classifier-guidance scale ``s`` (0 = off); ``unconditional``: sample the null
+    label (then ``w`` must be 0 and only classifier guidance steers)."""
+
+    w: float
+    cg_scale: float = 0.0
+    unconditional: bool = False
+
+    def __post_init__(self) -> None:
+        w, s = float(self.w) + 0.0, float(self.cg_scale) + 0.0  # + 0.0 turns -0.0 into 0.0
+        if not math.isfinite(w) or w < -1:
+            raise ValueError(f"w must be a finite number >= -1, got {self.w!r}")
+        if not math.isfinite(s) or s < 0:
+            raise ValueError(f"cg_scale must be a finite number >= 0, got {self.cg_scale!r}")
+        if self.unconditional and w != 0:
+            raise ValueError(f"an unconditional setting takes no CFG weight, got w={self.w!r}")
+        object.__setattr__(self, "w", w)
+        object.__setattr__(self, "cg_scale", s)
+        object.__setattr__(self, "unconditional", bool(self.unconditional))
+
+    @property
+    def tag(self) -> str:
+        """Stable file-name-safe name: ``w0.5``, ``w0_cg3``, ``uncond``, ``uncond_cg3``."""
+        base = "uncond" if self.unconditional else f"w{_num(self.w)}"
+        return base + (f"_cg{_num(self.cg_scale)}" if self.cg_scale else "")
+
+    @property
+    def method(self) -> str:
+        """``cfg``, ``cg``, ``cfg+cg``, ``uncond`` or ``uncond+cg``."""
+        if self.unconditional:
+            return "uncond+cg" if self.cg_scale else "uncond"
+        if self.cg_scale:
+            return "cfg+cg" if self.w else "cg"
+        return "cfg"
+
+
+def grid_settings(ws: Iterable[float], cg_scales: Iterable[float] = (0.0,),
+                  unconditional: bool = False) -> list[Setting]:
+    """The CLI's settings: each ``w`` with CFG alone, then each nonzero ``cg_scale`` on the
+    conditional model at ``w = 0``; with ``unconditional``, also the null-label model at scale 0
+    and at each nonzero ``cg_scale`` (Dhariwal & Nichol, Table 4). Duplicates are dropped."""
+    scales = [float(s) for s in cg_scales]
+    out = [Setting(w) for w in ws] + [Setting(0.0, s) for s in scales if s]
+    if unconditional:
+        out += [Setting(0.0, 0.0, True)] + [Setting(0.0, s, True) for s in scales if s]
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------------------ defaults
+def _mnist_shaped(shape: tuple[int, ...]) -> None:
+    if tuple(shape) != (1, 28, 28):
+        raise ValueError(f"the default evaluator and reference are for 1x28x28 MNIST images, got "
+                         f"{'x'.join(map(str, shape))}: pass evaluator= and reference= for other data")
+
+
+def default_evaluator(evaluator: FeatureNet | None, reference: ReferenceStats | None, shape: tuple[int, ...],
+                      device: torch.device | str = "cpu") -> tuple[FeatureNet, ReferenceStats]:
+    """Fill in the shipped MNIST evaluator and the (cached) MNIST test-split reference statistics
+    under it, checking that ``shape`` ``(C, H, W)`` is MNIST's when either is left out."""
+    if evaluator is None or reference is None:
+        _mnist_shaped(shape)
+    if evaluator is None:
+        from ..metrics import load_evaluator
+
+        evaluator = load_evaluator(device=device)
+    if reference is None:
+        reference = mnist_reference_stats("test", evaluator)
+    return evaluator, reference
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _evaluator_id(evaluator: FeatureNet) -> str:
+    try:
+        return f"{evaluator.name}:{weights_hash(evaluator)}"
+    except TypeError:
+        return str(evaluator.name)
+
+
+# ------------------------------------------------------------------------------------- files
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _save_npz(path: Path, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images, labels=labels.astype(np.int64), meta=np.asarray(json.dumps(meta)))
+    _atomic_bytes(path, buf.getvalue())
+
+
+def _load_chunk(path: Path, key: dict[str, Any], labels: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """``(images uint8 NHWC, seconds)`` of a chunk made with ``key`` for ``labels``, else None."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            if meta.get("key") != key or not np.array_equal(f["labels"], labels):
+                return None
+            images = f["images"]
+    except (OSError, KeyError, ValueError):
+        return None  # missing, half-written or from another configuration: make it again
+    if images.dtype != np.uint8 or len(images) != len(labels):
+        return None
+    return images, float(meta.get("seconds", 0.0))
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a ``results.jsonl`` (a torn last line from an interrupted write is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{i}: skipping an unreadable row", stacklevel=2)
+    return rows
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    text = json.dumps(row) + "\n"
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                text = "\n" + text  # after a torn line
+    with path.open("a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _order(row: dict[str, Any]) -> tuple[Any, ...]:
+    # CFG by w, then CG (conditional) by (w, s), then unconditional by s
+    return (bool(row["unconditional"]), bool(row["cg_scale"]), row["w"], row["cg_scale"])
+
+
+def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
+    _atomic_bytes(out / "results.json", (json.dumps(rows, indent=1) + "\n").encode())
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    cols += sorted({k for r in rows for k in r} - set(cols))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_bytes(out / "results.csv", buf.getvalue().encode())
+
+
+def _grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 10) -> Path:
+    """First ``per_class`` samples of each class present, one row per class (equal row lengths)."""
+    idx = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
+    per = min(len(i) for i in idx)
+    sel = np.concatenate([i[:per] for i in idx])
+    x = torch.from_numpy(images[sel]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return save_grid(x, path, nrow=per)
+
+
+# ------------------------------------------------------------------------------------- sweep
+def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: str = "ddpm", steps: int = 256,
+              seed: int = 0, out: str | os.PathLike[str], batch_size: int = 500, chunk_size: int | None = None,
+              evaluator: FeatureNet | None = None, reference: ReferenceStats | None = None,
+              labels: Sequence[int] | Tensor | None = None, eta: float = 0.0, v: float = 0.0,
+              cg_form: str = "auto", clip_x0: float | None = 1.0, progress: bool = True,
+              plot: bool = True) -> list[dict[str, Any]]:
+    """Sample ``n`` images per setting and score them; returns one row per setting, in order.
+
+    Every setting uses the same labels and the same per-sample noise (sample ``i`` is seeded by
+    ``(seed, i)``), so settings differ only by guidance. ``labels`` default to ``i mod K``
+    (balanced); a shorter sequence is repeated to length ``n``. Samples are made ``chunk_size``
+    (default ``batch_size``) at a time and each chunk is saved, so an interrupted sweep resumes
+    where it stopped (see the module docstring for the files and the resume rule).
+
+    ``evaluator`` (a :class:`~diffguide.metrics.FeatureNet` in eval mode) and ``reference`` default
+    to the shipped MNIST evaluator and the MNIST test split's statistics under it. ``eta`` (DDIM),
+    ``v`` (DDPM variance interpolation), ``cg_form`` and ``clip_x0`` go to
+    :func:`~diffguide.api.sample_images`. A row holds ``fid``, ``is_mean``, ``is_std``,
+    ``precision``, ``recall``, ``accuracy`` (evaluator's argmax vs the requested labels) and the
+    configuration. At the end ``results.csv``/``results.json`` hold every finished row of this
+    configuration in ``out`` (also settings from earlier runs), and ``sweep.png`` plots them.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 4:
+        raise ValueError(f"n must be an integer >= 4 (precision/recall use 3 nearest neighbours), got {n!r}")
+    chunk = batch_size if chunk_size is None else chunk_size
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk!r}")
+    settings = list(dict.fromkeys(settings))
+    if not settings:
+        raise ValueError("give at least one setting")
+    for s in settings:
+        if not isinstance(s, Setting):
+            raise TypeError(f"settings must be Setting instances, got {type(s).__name__}")
+        if s.cg_scale and pipe.classifier is None:
+            raise ValueError(f"setting {s.tag} uses classifier guidance but the pipeline has no classifier")
+    K = pipe.num_classes
+    if labels is None:
+        y = torch.arange(n) % K
+    else:
+        y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if y.numel() == 0:
+            raise ValueError("labels must not be empty")
+        y = y[torch.arange(n) % y.numel()]
+    if (y < 0).any() or (y >= K).any():
+        raise ValueError(f"labels must lie in [0, {K - 1}] for this {K}-class model")
+    y_np = y.numpy()
+    cfg: Any = pipe.net.config
+    evaluator, reference = default_evaluator(evaluator, reference, (cfg.in_channels, cfg.image_size, cfg.image_size),
+                                             pipe.device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # What the samples depend on (chunk files are reused only if it matches) ...
+    sampling: dict[str, Any] = {
+        "sampler": sampler, "steps": int(steps), "seed": int(seed), "eta": float(eta), "v": float(v),
+        "cg_form": cg_form, "clip_x0": None if clip_x0 is None else float(clip_x0),
+        "model": weights_hash(pipe.net),
+        "classifier": weights_hash(pipe.classifier) if pipe.classifier is not None else None,
+    }
+    # ... and what a result row depends on besides the setting.
+    config = {"n": n, **sampling, "labels": _digest(y_np), "evaluator": _evaluator_id(evaluator),
+              "reference": _digest(reference.mu, reference.sigma, reference.features)}
+
+    def matches(row: dict[str, Any]) -> bool:
+        return all(row.get(k) == v for k, v in config.items())
+
+    results = out / RESULTS
+    done = {r["tag"]: r for r in read_rows(results) if matches(r)}
+    starts = list(range(0, n, chunk))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(settings) * len(starts), unit="chunk", dynamic_ncols=True)
+    rows = []
+    try:
+        for s in settings:
+            if bar is not None:
+                bar.set_description(s.tag)
+            if s.tag in done:
+                rows.append(done[s.tag])
+                if bar is not None:
+                    bar.update(len(starts))
+                continue
+            key = {**sampling, "setting": dataclasses.asdict(s)}
+            parts, seconds = [], 0.0
+            for j, i in enumerate(starts):
+                path = out / "samples" / s.tag / f"chunk-{j:04d}.npz"
+                yc = y_np[i:i + chunk]
+                got = _load_chunk(path, {**key, "first_index": i}, yc)
+                if got is None:
+                    t0 = time.perf_counter()
+                    x = pipe.sample(y[i:i + chunk], s.w, cg_scale=s.cg_scale, unconditional=s.unconditional,
+                                    sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, first_index=i,
+                                    eta=eta, v=v, cg_form=cg_form, clip_x0=clip_x0)
+                    # uint8 NHWC: the metrics always see the stored images, resumed or not
+                    imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                    got = (imgs, time.perf_counter() - t0)
+                    _save_npz(path, imgs, yc, {"key": {**key, "first_index": i}, "seconds": got[1]})
+                parts.append(got[0])
+                seconds += got[1]
+                if bar is not None:
+                    bar.update(1)
+            images = np.concatenate(parts)
+            samples_path = out / "samples" / f"{s.tag}.npz"
+            _save_npz(samples_path, images, y_np, {"setting": dataclasses.asdict(s), **config})
+            grid_path = _grid(images, y_np, out / "grids" / f"{s.tag}.png")
+            t0 = time.perf_counter()
+            metrics = sample_metrics(evaluator, torch.from_numpy(images).permute(0, 3, 1, 2), reference, y)
+            row = {"tag": s.tag, "method": s.method, **dataclasses.asdict(s), **metrics,
+                   "sample_seconds": round(seconds, 3), "metrics_seconds": round(time.perf_counter() - t0, 3),
+                   "grid": str(grid_path.relative_to(out)), "samples": str(samples_path.relative_to(out)),
+                   **config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            _append_row(results, row)
+            done[s.tag] = row
+            rows.append(row)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    # Every finished row of this configuration (last one per tag wins), CFG then CG, by strength.
+    table = sorted({r["tag"]: r for r in read_rows(results) if matches(r)}.values(), key=_order)
+    _write_tables(out, table)
+    if plot:
+        from .plots import plot_sweep
+
+        plot_sweep(table, out / "sweep.png",
+                   title=f"{sampler}, {steps} steps, n = {n}, {evaluator.name}")
+    return rows
+
+
+def evaluate_samples(npz_path: str | os.PathLike[str], *, evaluator: FeatureNet | None = None,
+                     reference: ReferenceStats | None = None) -> dict[str, Any]:
+    """Metrics of samples made elsewhere: an ``.npz`` with ``images`` uint8 ``(N, H, W[, C])`` and
+    optional ``labels`` (then ``accuracy`` is included). Defaults as in :func:`run_sweep`."""
+    x, labels = load_samples(Path(npz_path))
+    if len(x) < 4:
+        raise ValueError(f"{npz_path}: need at least 4 samples for precision/recall, got {len(x)}")
+    if labels is not None and labels.shape != (len(x),):
+        raise ValueError(f"{npz_path}: 'labels' has shape {tuple(labels.shape)}, expected ({len(x)},)")
+    evaluator, reference = default_evaluator(evaluator, reference, tuple(x.shape[1:]))
+    return {"samples": str(npz_path), "n": len(x), **sample_metrics(evaluator, x, reference, labels),
+            "evaluator": _evaluator_id(evaluator)}

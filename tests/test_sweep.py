@@ -1,0 +1,211 @@
+"""Guidance sweeps: files and rows, per-sample seeds shared across settings, resuming (skipped
+settings, an interrupted setting redoes only its missing chunk), evaluate_samples and the CLI.
+
+A tiny random U-Net and a tiny random stand-in evaluator keep this fast; reference statistics come
+from 300 real MNIST test images."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import Tensor, nn
+
+import diffguide.api as api
+import diffguide.experiments.sweep as sweep_mod
+from diffguide.api import Pipeline
+from diffguide.cli import cli
+from diffguide.data.mnist import load_mnist
+from diffguide.experiments import Setting, evaluate_samples, grid_settings, read_rows, run_sweep
+from diffguide.metrics import FeatureNet, ReferenceStats, reference_stats
+from diffguide.models import build_model
+
+METRICS = ("fid", "is_mean", "is_std", "precision", "recall", "accuracy")
+N, STEPS, CHUNK = 20, 2, 10
+
+
+class StandIn(nn.Module):
+    """A random FeatureNet: 8-d features of the flattened image, 10-way softmax on top."""
+
+    name = "stand-in"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = nn.Linear(28 * 28, 8)
+        self.head = nn.Linear(8, 10)
+
+    def features(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.feat(x.flatten(1)))
+
+    def probs(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x)).softmax(-1)
+
+
+@pytest.fixture(scope="module")
+def evaluator() -> StandIn:
+    torch.manual_seed(1)
+    net = StandIn().eval()
+    assert isinstance(net, FeatureNet)
+    return net
+
+
+@pytest.fixture(scope="module")
+def reference(evaluator: StandIn, tmp_path_factory: pytest.TempPathFactory) -> ReferenceStats:
+    images = load_mnist("test")[0][:300]
+    return reference_stats("mnist", "test300", evaluator, images, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    net = build_model("diffusion", "tiny", channels=1, image_size=28, num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the zero-initialised output/residual convs would make eps = 0 whatever the label
+        for p in net.parameters():
+            if p.ndim > 1 and not p.any():
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return Pipeline(net.eval())
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every call of sample_images (which Pipeline.sample uses): size, w and seeds."""
+    log: list[dict[str, Any]] = []
+    real = api.sample_images
+
+    def spy(net: nn.Module, labels: Tensor, w: float = 0.0, **kw: Any) -> Tensor:
+        log.append({"n": len(labels), "w": w, "seed": kw.get("seed", 0), "first_index": kw.get("first_index", 0)})
+        return real(net, labels, w, **kw)
+
+    monkeypatch.setattr(api, "sample_images", spy)
+    return log
+
+
+def _sweep(pipe: Pipeline, out: Path, settings: list[Setting], evaluator: StandIn, reference: ReferenceStats,
+           plot: bool = False) -> list[dict[str, Any]]:
+    return run_sweep(pipe, settings, n=N, sampler="ddpm", steps=STEPS, seed=0, out=out, batch_size=CHUNK,
+                     evaluator=evaluator, reference=reference, progress=False, plot=plot)
+
+
+def _images(path: Path) -> np.ndarray:
+    with np.load(path) as f:
+        return f["images"]
+
+
+def test_setting_tags_and_grid() -> None:
+    assert [Setting(0.5).tag, Setting(1.0).tag, Setting(-0.0).tag, Setting(0, 3).tag, Setting(0, 3, True).tag,
+            Setting(0, 0, True).tag, Setting(1, 0.25).tag] == ["w0.5", "w1", "w0", "w0_cg3", "uncond_cg3", "uncond",
+                                                                "w1_cg0.25"]
+    assert Setting(0.1).tag != Setting(0.1000001).tag
+    assert Setting(2) == Setting(2.0, 0)  # hashable, normalised
+    for bad in ({"w": 1.0, "unconditional": True}, {"w": -2.0}, {"w": 0.0, "cg_scale": -1.0},
+                {"w": float("nan")}):
+        with pytest.raises(ValueError):
+            Setting(**bad)
+    tags = [s.tag for s in grid_settings([0, 1, 0], [0, 3], unconditional=True)]
+    assert tags == ["w0", "w1", "w0_cg3", "uncond", "uncond_cg3"]
+
+
+def test_sweep_rows_files_seeds_and_resume(pipe: Pipeline, evaluator: StandIn, reference: ReferenceStats,
+                                           calls: list[dict[str, Any]], tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    rows = _sweep(pipe, out, [Setting(0), Setting(2)], evaluator, reference, plot=True)
+    assert [r["tag"] for r in rows] == ["w0", "w2"]
+    for r in rows:
+        assert all(math.isfinite(r[m]) for m in METRICS), r
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 1 <= r["is_mean"] <= 10
+        assert (r["n"], r["sampler"], r["steps"], r["seed"]) == (N, "ddpm", STEPS, 0)
+    # one call per chunk, and every setting draws the same per-sample seeds
+    assert calls == [{"n": CHUNK, "w": w, "seed": 0, "first_index": i} for w in (0.0, 2.0) for i in (0, CHUNK)]
+    for name in ("results.jsonl", "results.csv", "results.json", "sweep.png", "grids/w0.png", "grids/w2.png",
+                 "samples/w0.npz", "samples/w2/chunk-0000.npz", "samples/w2/chunk-0001.npz"):
+        assert (out / name).is_file(), name
+    assert len(read_rows(out / "results.jsonl")) == 2
+    assert len((out / "results.csv").read_text().splitlines()) == 3
+    assert [r["tag"] for r in json.loads((out / "results.json").read_text())] == ["w0", "w2"]
+    with np.load(out / "samples/w0.npz") as f:
+        assert f["images"].shape == (N, 28, 28, 1) and f["images"].dtype == np.uint8
+        np.testing.assert_array_equal(f["labels"], np.arange(N) % 10)
+    w0, w2 = _images(out / "samples/w0.npz"), _images(out / "samples/w2.npz")
+    assert not np.array_equal(w0, w2)  # guidance matters for this net ...
+
+    # ... and w = 0 is w = 0: in one batch, and in another sweep that runs it second
+    x = pipe.sample(torch.arange(N) % 10, 0.0, sampler="ddpm", steps=STEPS, seed=0, batch_size=N)
+    np.testing.assert_array_equal(w0, ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    _sweep(pipe, tmp_path / "other", [Setting(2), Setting(0)], evaluator, reference)
+    np.testing.assert_array_equal(_images(tmp_path / "other/samples/w0.npz"), w0)
+    np.testing.assert_array_equal(_images(tmp_path / "other/samples/w2.npz"), w2)
+
+    # finished settings are skipped
+    calls.clear()
+    again = _sweep(pipe, out, [Setting(0), Setting(2)], evaluator, reference)
+    assert calls == [] and [r["fid"] for r in again] == [r["fid"] for r in rows]
+    assert len(read_rows(out / "results.jsonl")) == 2
+
+    # an interrupted setting (last chunk and row missing) makes only the missing chunk, with its own seeds
+    (out / "samples/w2/chunk-0001.npz").unlink()
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(ln for ln in lines if json.loads(ln)["tag"] != "w2") + "\n")
+    resumed = _sweep(pipe, out, [Setting(0), Setting(2)], evaluator, reference)
+    assert calls == [{"n": CHUNK, "w": 2.0, "seed": 0, "first_index": CHUNK}]
+    np.testing.assert_array_equal(_images(out / "samples/w2.npz"), w2)
+    assert resumed[1]["fid"] == pytest.approx(rows[1]["fid"])
+    assert [r["tag"] for r in read_rows(out / "results.jsonl")] == ["w0", "w2"]
+
+    # another configuration (here: the seed) does not reuse rows or chunks
+    calls.clear()
+    run_sweep(pipe, [Setting(0)], n=N, sampler="ddpm", steps=STEPS, seed=1, out=out, batch_size=CHUNK,
+              evaluator=evaluator, reference=reference, progress=False, plot=False)
+    assert [c["seed"] for c in calls] == [1, 1]
+    assert len(json.loads((out / "results.json").read_text())) == 1  # tables hold this configuration only
+
+
+def test_bad_input(pipe: Pipeline, evaluator: StandIn, reference: ReferenceStats, tmp_path: Path) -> None:
+    kw: dict[str, Any] = dict(n=N, sampler="ddpm", steps=STEPS, seed=0, out=tmp_path, evaluator=evaluator,
+                              reference=reference, progress=False)
+    with pytest.raises(ValueError, match="classifier"):
+        run_sweep(pipe, [Setting(0, 3)], **kw)
+    with pytest.raises(ValueError, match="labels"):
+        run_sweep(pipe, [Setting(0)], **{**kw, "labels": [3, 10]})
+    with pytest.raises(ValueError, match="n must be"):
+        run_sweep(pipe, [Setting(0)], **{**kw, "n": 1})
+
+
+def test_evaluate_samples(evaluator: StandIn, reference: ReferenceStats, tmp_path: Path) -> None:
+    images, labels = load_mnist("test")
+    np.savez(tmp_path / "real.npz", images=images[300:340].permute(0, 2, 3, 1).numpy(), labels=labels[300:340].numpy())
+    m = evaluate_samples(tmp_path / "real.npz", evaluator=evaluator, reference=reference)
+    assert m["n"] == 40 and all(math.isfinite(m[k]) for k in METRICS)
+    np.savez(tmp_path / "nolabels.npz", images=images[300:340, 0].numpy())  # (N, H, W), no labels
+    m2 = evaluate_samples(tmp_path / "nolabels.npz", evaluator=evaluator, reference=reference)
+    assert "accuracy" not in m2 and m2["fid"] == pytest.approx(m["fid"])
+    np.savez(tmp_path / "small.npz", images=np.zeros((8, 8, 8, 1), np.uint8))
+    with pytest.raises(ValueError, match="1x28x28"):
+        evaluate_samples(tmp_path / "small.npz")  # the default evaluator is MNIST's: refused before loading
+    with pytest.raises(FileNotFoundError):
+        evaluate_samples(tmp_path / "missing.npz", evaluator=evaluator, reference=reference)
+
+
+def test_cli_sweep_and_evaluate(pipe: Pipeline, evaluator: StandIn, reference: ReferenceStats,
+                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the CLI's defaults (shipped MNIST model, evaluator, test-split stats) replaced by the tiny stand-ins
+    monkeypatch.setattr(api, "load", lambda *a, **k: pipe)
+    monkeypatch.setattr(sweep_mod, "default_evaluator", lambda e, r, shape, device="cpu": (evaluator, reference))
+    out = tmp_path / "cli"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["sweep", "--w", "0,1", "--n", str(N), "--sampler", "ddim", "--steps", "2",
+                              "--batch-size", str(CHUNK), "--out", str(out), "--no-plot", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert [r["tag"] for r in read_rows(out / "results.jsonl")] == ["w0", "w1"]
+    assert "w1" in res.output and (out / "results.csv").is_file()
+    res = runner.invoke(cli, ["sweep", "--w", "0", "--cg-scale", "0,3", "--n", str(N), "--out", str(out)])
+    assert res.exit_code != 0 and "classifier" in res.output
+    res = runner.invoke(cli, ["evaluate", "--samples", str(out / "samples/w1.npz")])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output)
+    assert m["n"] == N and m["fid"] == pytest.approx(read_rows(out / "results.jsonl")[1]["fid"])

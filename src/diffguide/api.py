@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -58,9 +58,9 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
         cg_form = "mean" if sampler == "ddpm" else "score"
     if cg_form == "mean" and sampler != "ddpm":
         raise ValueError(f"the mean-shift form of classifier guidance needs sampler='ddpm', got {sampler!r}")
-    cfg = net.config
+    cfg: Any = net.config
     if classifier is not None:
-        ccfg = classifier.config
+        ccfg: Any = classifier.config
         if (ccfg.in_channels, ccfg.image_size) != (cfg.in_channels, cfg.image_size):
             raise ValueError(f"classifier expects {ccfg.in_channels}x{ccfg.image_size}px images but the model "
                              f"makes {cfg.in_channels}x{cfg.image_size}px")
@@ -95,7 +95,7 @@ class Pipeline:
 
     @property
     def num_classes(self) -> int:
-        return int(self.net.num_classes)
+        return int(cast(Any, self.net.num_classes))
 
     def sample(self, labels: Iterable[int] | Tensor, w: float | Tensor = 0.0, *, cg_scale: float = 0.0,
                **kwargs: object) -> Tensor:
@@ -124,6 +124,9 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
     if classifier is not None:
         clf = load_model(classifier)
     for m, kind in ((net, "diffusion"), (clf, "classifier")):
-        if m is not None and m.meta.get("kind") != kind:
-            raise ValueError(f"expected a {kind} model, got a {m.meta.get('kind')!r} model")
+        if m is None:
+            continue
+        meta = cast(dict[str, Any], m.meta)  # attached by load_model
+        if meta.get("kind") != kind:
+            raise ValueError(f"expected a {kind} model, got a {meta.get('kind')!r} model")
     return Pipeline(net, clf, device)

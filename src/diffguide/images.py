@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ def save_grid(x: Tensor, path: str | Path, nrow: int, scale: int = 2) -> Path:
     g = make_grid(x, nrow)
     img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        # Image.NEAREST is set dynamically (invisible to mypy); Image.Resampling needs Pillow >= 9.1
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)  # type: ignore[attr-defined]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
@@ -46,8 +48,8 @@ def save_samples(path: str | Path, x: Tensor, labels: Tensor, **meta: float | in
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, images=to_uint8(x), labels=labels.cpu().numpy().astype(np.int64),
-                        **{k: np.asarray(v) for k, v in meta.items()})
+    scalars: dict[str, Any] = {k: np.asarray(v) for k, v in meta.items()}
+    np.savez_compressed(tmp, images=to_uint8(x), labels=labels.cpu().numpy().astype(np.int64), **scalars)
     tmp.replace(path)
     return path
 

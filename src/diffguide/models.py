@@ -94,5 +94,5 @@ def load_model(path: str | Path, *, ema: bool = True) -> nn.Module:
         if ema:
             averaged.copy_to(net)
         meta = {"kind": config["kind"], "model": config["model"], "train": config, "step": meta["step"]}
-    net.meta = meta
+    net.meta = meta  # type: ignore[assignment]  # a plain dict attribute, not a Tensor/Module
     return net.eval()

@@ -79,6 +79,7 @@ class GuidedEps:
         self.net, self.classifier, self.cg_labels = net, classifier, cg_labels
         self.cg_form, self.max_batch, self.autocast = cg_form, max_batch, autocast
         self.calls = 0
+        self._cond: Tensor | None = None
 
     @property
     def uses_classifier(self) -> bool:
@@ -97,16 +98,25 @@ class GuidedEps:
             raise ValueError(f"z has batch size {z.shape[0]}, but the conditions have {self.batch}")
         n = len(self.terms)
         zz, ll = torch.cat([z] * n), torch.cat([lam] * n)
-        cc = torch.cat([cond.to(z.device) for cond, _ in self.terms])
+        if self._cond is None or self._cond.device != z.device:  # conditions are fixed: concatenate once
+            self._cond = torch.cat([cond.to(z.device) for cond, _ in self.terms])
+        cc = self._cond
         if self.max_batch is None or zz.shape[0] <= self.max_batch:
             eps = self._forward(zz, ll, cc)
         else:
             eps = torch.cat([self._forward(zz[i:i + self.max_batch], ll[i:i + self.max_batch],
                                            cc[i:i + self.max_batch])
                              for i in range(0, zz.shape[0], self.max_batch)])
-        out = torch.zeros_like(eps[: self.batch])
-        for (_, w), e in zip(self.terms, eps.split(self.batch), strict=True):
-            out += (bcast(w.to(e.device), e) if isinstance(w, Tensor) else w) * e
+        parts = eps.split(self.batch)
+        ws = [w for _, w in self.terms]
+        if n == 2 and not any(isinstance(w, Tensor) for w in ws) and abs(ws[0] + ws[1] - 1.0) < 1e-12:
+            return torch.lerp(parts[1], parts[0], float(ws[0]))  # CFG: eps_u + (1 + w)(eps_c - eps_u)
+        out = torch.zeros_like(parts[0])
+        for w, e in zip(ws, parts, strict=True):
+            if isinstance(w, Tensor):
+                out.addcmul_(bcast(w.to(e.device), e), e)
+            else:
+                out.add_(e, alpha=w)
         return out
 
     def grad(self, z: Tensor, lam: Tensor) -> Tensor:

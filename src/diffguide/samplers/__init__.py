@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import Tensor
+
 from .base import EpsFn, Noise
 from .ddim import ddim
 from .ddpm import ddpm
 
 __all__ = ["ddim", "ddpm", "EpsFn", "Noise", "SAMPLERS", "get_sampler"]
 
-SAMPLERS: dict[str, Callable[..., object]] = {"ddpm": ddpm, "ddim": ddim}
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim}
 
 
-def get_sampler(name: str) -> Callable[..., object]:
+def get_sampler(name: str) -> Callable[..., Tensor]:
     """A sampler by name (``"ddpm"`` or ``"ddim"``)."""
     try:
         return SAMPLERS[name]

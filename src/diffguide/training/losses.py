@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ class DiffusionLoss:
 
     def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator) -> tuple[Tensor, dict]:
         lam = self.schedule.sample_lam(x.shape[0], generator=generator).to(x.device)
-        c = drop_labels(c, self.p_uncond, int(net.null_label), generator)
+        c = drop_labels(c, self.p_uncond, int(cast(Any, net.null_label)), generator)
         z, eps = _noisy(x, lam, generator)
         loss = F.mse_loss(net(z, lam, c).float(), eps)
         return loss, {}

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             foreach=True)
     ema = EMA(net, decay=cfg.ema_decay)
-    config = {**dataclasses.asdict(cfg), "model": dataclasses.asdict(net.config), "kind": cfg.task}
+    config = {**dataclasses.asdict(cfg), "model": dataclasses.asdict(cast(Any, net.config)), "kind": cfg.task}
 
     step, elapsed = 0, 0.0
     ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
@@ -177,6 +177,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                                extra={"elapsed_s": elapsed}, keep=cfg.keep)
 
     net.train()
+    stats_sum: dict[str, torch.Tensor]
     t_log, seen, loss_sum, stats_sum = time.perf_counter(), 0, 0.0, {}
     t_start = time.perf_counter() - elapsed
     try:

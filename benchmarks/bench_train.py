@@ -61,7 +61,8 @@ def worker(preset: str, batch: int, precision: str, seconds: float, overrides: s
     ips = n * batch / (times[-1] - times[5])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"preset": preset, "batch": batch, "precision": precision, "steps_timed": n,
-                      "images_per_s": round(ips, 2), "peak_rss_mb": round(peak_mb), "threads": torch.get_num_threads()}))
+                      "images_per_s": round(ips, 2), "peak_rss_mb": round(peak_mb),
+                      "threads": torch.get_num_threads()}))
 
 
 def run(cmd: list[str]) -> dict:

@@ -80,7 +80,7 @@ def _train_options(fn: Any) -> Any:
 
 def _run_training(task: str, config_file: str | None, resume: bool, export_to: str | None, no_progress: bool,
                   **options: Any) -> None:
-    from .models import export_model
+    from .models import export_model, write_model_card
     from .training.config import load_config
     from .training.trainer import train
 
@@ -89,8 +89,10 @@ def _run_training(task: str, config_file: str | None, resume: bool, export_to: s
     t0 = time.time()
     run_dir = train(cfg, resume=resume, progress=not no_progress)
     if export_to:
-        card = {"command": " ".join(["diffguide", *sys.argv[1:]]), "wall_time_s": round(time.time() - t0, 1)}
-        click.echo(f"exported EMA weights to {export_model(run_dir, export_to, card=card)}")
+        command, wall = " ".join(["diffguide", *sys.argv[1:]]), time.time() - t0
+        out = export_model(run_dir, export_to, card={"command": command, "wall_time_s": round(wall, 1)})
+        card = write_model_card(run_dir, out, command=command, wall_time_s=wall)
+        click.echo(f"exported EMA weights to {out}; model card {card}")
 
 
 @cli.command()

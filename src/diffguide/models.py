@@ -12,7 +12,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, load_weights, read_c
 from .nets import ClassifierConfig, NoiseClassifier, UNet, UNetConfig, classifier_config, unet_config
 from .training.ema import EMA
 
-__all__ = ["build_model", "model_from_config", "export_model", "load_model"]
+__all__ = ["build_model", "model_from_config", "export_model", "load_model", "write_model_card"]
 
 _KINDS = {"diffusion": (UNet, UNetConfig, unet_config), "classifier": (NoiseClassifier, ClassifierConfig,
                                                                        classifier_config)}
@@ -96,3 +96,30 @@ def load_model(path: str | Path, *, ema: bool = True) -> nn.Module:
         meta = {"kind": config["kind"], "model": config["model"], "train": config, "step": meta["step"]}
     net.meta = meta  # type: ignore[assignment]  # a plain dict attribute, not a Tensor/Module
     return net.eval()
+
+
+def write_model_card(run_dir: str | Path, weights: str | Path, *, command: str, wall_time_s: float) -> Path:
+    """A JSON model card next to exported ``weights``: the command, steps, wall time, throughput, final
+    loss, machine and the full training config (from the run directory's ``config.json`` and ``log.jsonl``)."""
+    import json
+    import platform
+    import re
+    import subprocess
+    import time
+
+    import torch
+
+    run = Path(run_dir)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if platform.system() == "Linux" else ""
+    model = re.search(r"Model name:\s*(.+)", lscpu)
+    last = rows[-1] if rows else {}
+    card = {"weights": Path(weights).name, "command": command, "steps": last.get("step"),
+            "wall_time_s": round(wall_time_s, 1), "final_loss": last.get("loss"),
+            "mean_images_per_s": round(sum(r["images_per_s"] for r in rows) / len(rows), 1) if rows else None,
+            "cpu": model.group(1).strip() if model else platform.processor(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "config": json.loads((run / "config.json").read_text())}
+    out = Path(weights).with_suffix(".json")
+    out.write_text(json.dumps(card, indent=2) + "\n")
+    return out

@@ -109,8 +109,9 @@ class GuidedEps:
                              for i in range(0, zz.shape[0], self.max_batch)])
         parts = eps.split(self.batch)
         ws = [w for _, w in self.terms]
-        if n == 2 and not any(isinstance(w, Tensor) for w in ws) and abs(ws[0] + ws[1] - 1.0) < 1e-12:
-            return torch.lerp(parts[1], parts[0], float(ws[0]))  # CFG: eps_u + (1 + w)(eps_c - eps_u)
+        w0, w1 = (ws + [0.0])[:2]
+        if n == 2 and isinstance(w0, float) and isinstance(w1, float) and abs(w0 + w1 - 1.0) < 1e-12:
+            return torch.lerp(parts[1], parts[0], w0)  # CFG: eps_u + (1 + w)(eps_c - eps_u)
         out = torch.zeros_like(parts[0])
         for w, e in zip(ws, parts, strict=True):
             if isinstance(w, Tensor):

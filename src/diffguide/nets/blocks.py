@@ -236,8 +236,9 @@ class Upsample(nn.Module):
         return F.interpolate(self.conv(h), size=size, mode="nearest")
 
 
-def _apply(layers: nn.ModuleList, h: Tensor, emb: Tensor | None) -> Tensor:
-    for m in layers:
+def _apply(layers: nn.Module, h: Tensor, emb: Tensor | None) -> Tensor:
+    """Run one level's blocks (an ``nn.ModuleList``), feeding ``emb`` to the residual blocks."""
+    for m in layers.children():
         h = m(h, emb) if isinstance(m, ResBlock) else m(h)
     return h
 

@@ -292,6 +292,9 @@ def _write_safetensors(file: Path, tensors: Mapping[str, Tensor], header: dict[s
                        ) -> None:
     safetensors.torch.save_file(_own_storage(tensors, file), str(file),
                                 metadata={"format": "pt", **(header or {})})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(file, 0o666 & ~umask)  # safetensors creates files 0600; give them the usual permissions
     _fsync_file(file)
 
 

@@ -136,7 +136,7 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
         for s in cg_scales:
             t0 = time.time()
             x = pipe.sample(y, w, cg_scale=s, **kw)
-            tag = f"w{w:g}" + (f"_cg{s:g}" if s else "")
+            tag = ("uncond" if kw.get("unconditional") else f"w{w:g}") + (f"_cg{s:g}" if s else "")
             written.append(save_grid(x, out / f"{tag}.png", nrow=per))
             save_samples(out / f"{tag}.npz", x, y, w=w, cg_scale=s)
             click.echo(f"{tag}: {len(y)} samples in {time.time() - t0:.1f} s -> {out / (tag + '.png')}")

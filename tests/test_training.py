@@ -222,3 +222,22 @@ def test_exported_weights_round_trip_bit_exact(tmp_path):
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     assert Path(f).stat().st_size > 0
+
+
+def test_classifier_guidance_rejects_mismatched_networks():
+    from diffguide.api import sample_images
+    net = build_model("diffusion", "tiny", channels=1, image_size=8, num_classes=3).eval()
+    wrong_size = build_model("classifier", "tiny", channels=1, image_size=16, num_classes=3).eval()
+    wrong_classes = build_model("classifier", "tiny", channels=1, image_size=8, num_classes=5).eval()
+    with pytest.raises(ValueError, match="classifier expects 1x16px images but the model makes 1x8px"):
+        sample_images(net, [0, 1], classifier=wrong_size, cg_scale=1.0, steps=2)
+    with pytest.raises(ValueError, match="classifier has 5 classes but the network has 3"):
+        sample_images(net, [0, 1], classifier=wrong_classes, cg_scale=1.0, steps=2)
+    ok = build_model("classifier", "tiny", channels=1, image_size=8, num_classes=3).eval()
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="cg_scale = .* is invalid"):
+            sample_images(net, [0, 1], classifier=ok, cg_scale=bad, steps=2)
+    with pytest.raises(ValueError, match="needs sampler='ddpm'"):
+        sample_images(net, [0, 1], classifier=ok, cg_scale=1.0, cg_form="mean", sampler="ddim", steps=2)
+    x = sample_images(net, [0, 1, 2], classifier=ok, cg_scale=2.0, sampler="ddpm", steps=3)
+    assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()

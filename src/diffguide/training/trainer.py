@@ -136,7 +136,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     torch.manual_seed(cfg.seed)  # weight init (and dropout) draw from the global generator
     net = build_model(cfg.task, cfg.preset, channels=data.channels, image_size=data.image_size,
                       num_classes=data.num_classes, overrides=cfg.net)
-    net = net.to(device, memory_format=torch.channels_last)  # 10-15% faster convolutions on CPU (measured)
+    # channels_last: 10-15% faster convolutions on CPU (measured); torch's stubs omit the keyword
+    net = net.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     loss_fn = (DiffusionLoss(schedule, cfg.p_uncond) if cfg.task == "diffusion"
                else ClassifierLoss(schedule, cfg.p_clean))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,

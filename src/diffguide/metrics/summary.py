@@ -36,7 +36,9 @@ def sample_metrics(net: FeatureNet, images: Tensor | np.ndarray, reference: Refe
         probs = extract(net, images, batch_size, output="probs")
     except NotImplementedError:
         return out
-    out["is_mean"], out["is_std"] = inception_score(probs, min(splits, len(probs)))
+    # IS splits are contiguous: shuffle (fixed seed) so that class-sorted files do not score ~1 per split
+    order = np.random.default_rng(0).permutation(len(probs))
+    out["is_mean"], out["is_std"] = inception_score(probs[order], min(splits, len(probs)))
     if labels is not None:
         out["accuracy"] = class_accuracy(probs, labels)
     return out

@@ -286,6 +286,11 @@ def test_sample_metrics_real_vs_real(evaluator: MNISTEvaluator, mnist_test: tupl
     same = sample_metrics(evaluator, x[1000:], ref, y[1000:])
     assert same["accuracy"] >= 0.98 and same["precision"] > 0.8 and same["recall"] > 0.8
     assert same["is_mean"] > 9.0 and same["fid"] < 2.0  # real MNIST: IS close to K = 10
+    # IS must not depend on the order of the samples: class-sorted, contiguous splits would each hold
+    # one class and score ~1.
+    order = torch.argsort(y[1000:], stable=True)
+    sorted_ = sample_metrics(evaluator, x[1000:][order], ref, y[1000:][order])
+    assert sorted_["is_mean"] > 9.0
     # A distorted distribution (every digit shifted 6 px to the right) scores worse on all counts.
     shifted = sample_metrics(evaluator, torch.roll(x[1000:], 6, dims=3), ref, y[1000:])
     assert shifted["fid"] > 10 * same["fid"] and shifted["recall"] < 0.5 * same["recall"]

@@ -13,7 +13,7 @@ Step coefficients are float64 Python scalars computed from the grid; tensors sta
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -60,4 +60,19 @@ def denoise(z: Tensor, eps: Tensor, alpha: float, sigma: float, clip_x0: float |
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
         eps = (z - alpha * x0) / sigma
+    return x0, eps
+
+
+def transitions(grid: list[float]) -> Iterator[tuple[int, float, float, tuple[float, float], tuple[float, float]]]:
+    """``(i, lam, lam', (alpha, sigma), (alpha', sigma'))`` for each step ``lam -> lam'`` of the grid."""
+    for i, (lam, lam_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+        yield i, lam, lam_next, alpha_sigma_f(lam), alpha_sigma_f(lam_next)
+
+
+def predict(eps_fn: EpsFn, z: Tensor, i: int, lam: float, alpha: float, sigma: float, clip_x0: float | None,
+            callback: Callback | None) -> tuple[Tensor, Tensor]:
+    """``(x0, eps)`` at step ``i`` (see :func:`denoise`), reported to ``callback`` if given."""
+    x0, eps = denoise(z, call_eps(eps_fn, z, lam), alpha, sigma, clip_x0)
+    if callback is not None:
+        callback(i, lam, z, x0)
     return x0, eps

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Callback, EpsFn, Noise, alpha_sigma_f, call_eps, denoise, prepare
+from .base import Callback, EpsFn, Noise, predict, prepare, transitions
 
 
 @torch.no_grad()
@@ -24,12 +24,8 @@ def ddim(eps_fn: EpsFn, z: Tensor, lams: Tensor | list[float], *, eta: float = 0
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     grid, noise = prepare(z, lams, noise)
-    for i, (lam, lam_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
-        alpha, sigma = alpha_sigma_f(lam)
-        alpha_n, sigma_n = alpha_sigma_f(lam_next)
-        x0, eps = denoise(z, call_eps(eps_fn, z, lam), alpha, sigma, clip_x0)
-        if callback is not None:
-            callback(i, lam, z, x0)
+    for i, lam, lam_next, (alpha, sigma), (alpha_n, sigma_n) in transitions(grid):
+        x0, eps = predict(eps_fn, z, i, lam, alpha, sigma, clip_x0, callback)
         if lam_next == math.inf:
             return x0
         s2 = eta**2 * -math.expm1(lam - lam_next) * sigma_n**2

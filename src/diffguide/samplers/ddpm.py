@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .base import Callback, EpsFn, Noise, alpha_sigma_f, call_eps, denoise, prepare
+from .base import Callback, EpsFn, Noise, predict, prepare, transitions
 
 MeanGrad = Callable[[Tensor, Tensor], Tensor]
 
@@ -31,12 +31,8 @@ def ddpm(eps_fn: EpsFn, z: Tensor, lams: Tensor | list[float], *, v: float = 0.0
     if not (math.isfinite(v) and 0.0 <= v <= 1.0):
         raise ValueError(f"v (variance interpolation) must be in [0, 1], got {v!r}")
     grid, noise = prepare(z, lams, noise)
-    for i, (lam, lam_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
-        alpha, sigma = alpha_sigma_f(lam)
-        alpha_n, sigma_n = alpha_sigma_f(lam_next)
-        x0, _ = denoise(z, call_eps(eps_fn, z, lam), alpha, sigma, clip_x0)
-        if callback is not None:
-            callback(i, lam, z, x0)
+    for i, lam, lam_next, (alpha, sigma), (alpha_n, sigma_n) in transitions(grid):
+        x0, _ = predict(eps_fn, z, i, lam, alpha, sigma, clip_x0, callback)
         if lam_next == math.inf:
             return x0
         one_minus_r = -math.expm1(lam - lam_next)

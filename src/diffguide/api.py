@@ -20,10 +20,19 @@ from .noise import PerSampleNoise, sample_seeds
 from .samplers import get_sampler
 from .schedule import Schedule, get_schedule
 
-__all__ = ["Pipeline", "load", "sample_images", "ASSETS", "BUILTIN"]
+__all__ = ["Pipeline", "load", "sample_images", "default_max_batch", "ASSETS", "BUILTIN", "CPU_MAX_BATCH"]
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors")}
+# On CPU a forward's cost per row grows with its size once activations outgrow the caches: the shipped
+# U-Net costs ~2x more per row at 1000 rows than at 128 (benchmarks/results/sampling_speed.md), so
+# CPU forwards are cut into chunks of this many rows by default. Accelerators take the whole batch.
+CPU_MAX_BATCH = 128
+
+
+def default_max_batch(device: torch.device) -> int | None:
+    """Rows per network forward when the caller does not say: :data:`CPU_MAX_BATCH` on CPU, else all."""
+    return CPU_MAX_BATCH if device.type == "cpu" else None
 
 
 def _schedule_of(net: nn.Module) -> Schedule:
@@ -36,8 +45,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
                   schedule: Schedule | None = None, classifier: nn.Module | None = None, cg_scale: float = 0.0,
                   cg_form: Literal["auto", "score", "mean"] = "auto", unconditional: bool = False,
                   eta: float = 0.0, v: float = 0.0, clip_x0: float | None = 1.0, batch_size: int = 500,
-                  device: str | torch.device = "cpu", autocast: torch.dtype | None = None,
-                  first_index: int = 0, progress: bool = False) -> Tensor:
+                  max_batch: int | None | Literal["auto"] = "auto", device: str | torch.device = "cpu",
+                  autocast: torch.dtype | None = None, first_index: int = 0, progress: bool = False) -> Tensor:
     """Guided samples, one per label: float32 ``(N, C, H, W)`` in [-1, 1] on the CPU.
 
     ``w`` is the CFG paper's weight (``0`` = conditional model); ``unconditional=True`` samples the null
@@ -45,7 +54,9 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     ``s``; ``cg_form`` ``"score"`` (``eps - s sigma grad``, any sampler) or ``"mean"`` (DDPM mean shift,
     ADM Alg. 1); ``"auto"`` = mean on DDPM, score elsewhere. Sample ``i`` uses the noise stream seeded
     by ``(seed, first_index + i)``, so results do not depend on ``batch_size``. ``clip_x0`` clamps the
-    predicted clean image (``None`` to disable). ``autocast``: reduced precision for network forwards.
+    predicted clean image (``None`` to disable). ``max_batch``: rows per network forward (the CFG pair
+    of a batch of B samples is 2B rows; results are the same for any value); ``"auto"`` =
+    :func:`default_max_batch`. ``autocast``: reduced precision for network forwards.
     """
     labels = torch.as_tensor(list(labels) if not isinstance(labels, Tensor) else labels, dtype=torch.long)
     if labels.ndim != 1 or labels.numel() == 0:
@@ -69,6 +80,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     seeds = sample_seeds(seed, labels.numel(), start=first_index)
     device = torch.device(device)
+    if max_batch == "auto":
+        max_batch = default_max_batch(device)
     out = []
     starts = range(0, labels.numel(), batch_size)
     if progress:
@@ -79,7 +92,7 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
         wi = w[i:i + batch_size] if isinstance(w, Tensor) else w
         noise = PerSampleNoise(seeds[i:i + batch_size], shape, device=device)
         eps_fn = guided(net, c, wi, unconditional=unconditional, classifier=classifier, cg_scale=cg_scale,
-                        cg_form=cg_form, autocast=autocast)
+                        cg_form=cg_form, max_batch=max_batch, autocast=autocast)
         out.append(sample(eps_fn, noise(), grid, noise=noise, clip_x0=clip_x0, **extra,
                           **eps_fn.sampler_kwargs()).float().cpu())
     return torch.cat(out)

@@ -31,7 +31,8 @@ def cpu_info() -> dict[str, object]:
     flags = re.search(r"Flags:\s*(.+)", out)
     fl = set(flags.group(1).split()) if flags else set()
     return {"model": model.group(1).strip() if model else platform.processor(),
-            "flags": sorted(f for f in fl if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})}
+            "flags": sorted(f for f in fl if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+            "lscpu_flags": " ".join(sorted(fl))}
 
 
 def worker(preset: str, batch: int, precision: str, seconds: float, overrides: str) -> None:
@@ -65,6 +66,51 @@ def worker(preset: str, batch: int, precision: str, seconds: float, overrides: s
                       "threads": torch.get_num_threads()}))
 
 
+PHASES = ("data", "forward+loss", "backward", "clip+optimizer", "ema")
+
+
+def profile_worker(preset: str, batch: int, precision: str, steps: int, overrides: str) -> None:
+    """Runs in a subprocess: torch.profiler over `steps` training steps (after 5 of warm-up); prints
+    the share of step time per phase (the trainer's record_function regions) and the top operators."""
+    import tempfile
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from diffguide.training.config import TrainConfig
+    from diffguide.training.trainer import train
+
+    prof = profile(activities=[ProfilerActivity.CPU])
+    times: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        times.append(time.perf_counter())
+        if step == 5:
+            prof.start()
+        if step == 5 + steps:
+            prof.stop()
+            raise StopIteration
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(out=tmp + "/run", preset=preset, batch_size=batch, steps=10**6, precision=precision,
+                          device="cpu", log_every=10**6, ckpt_every=10**6, net=json.loads(overrides))
+        try:
+            train(cfg, progress=False, on_step=on_step)
+        except StopIteration:
+            pass
+    events = prof.key_averages()
+    wall_ms = (times[-1] - times[4]) * 1000 / steps
+    phase_ms = {e.key: e.cpu_time_total / 1000 / steps for e in events if e.key in PHASES}
+    ops = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: e.self_cpu_time_total,
+                 reverse=True)
+    total_self = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::"))
+    print(json.dumps({"preset": preset, "batch": batch, "precision": precision, "steps_profiled": steps,
+                      "step_ms": round(wall_ms, 1),
+                      "phases_ms": {k: round(phase_ms.get(k, 0.0), 1) for k in PHASES},
+                      "top_ops": [{"op": e.key, "self_share": round(e.self_cpu_time_total / total_self, 3)}
+                                  for e in ops[:8]], "threads": torch.get_num_threads()}))
+
+
 def run(cmd: list[str]) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
@@ -79,10 +125,16 @@ def main() -> None:
     ap.add_argument("--net", default='{"dropout": 0.0}', help="JSON overrides of the preset (as the shipped model)")
     ap.add_argument("--batch-sizes", default="64,128")
     ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--profile-steps", type=int, default=10, help="steps to profile at the largest batch, fp32")
     ap.add_argument("--worker", nargs=4, metavar=("PRESET", "BATCH", "PRECISION", "SECONDS"))
+    ap.add_argument("--profile-worker", nargs=4, metavar=("PRESET", "BATCH", "PRECISION", "STEPS"))
     a = ap.parse_args()
     if a.worker:
         worker(a.worker[0], int(a.worker[1]), a.worker[2], float(a.worker[3]), a.net)
+        return
+    if a.profile_worker:
+        w = a.profile_worker
+        profile_worker(w[0], int(w[1]), w[2], int(w[3]), a.net)
         return
     rows = []
     base = run([sys.executable, str(BASELINE), "--seconds", str(a.seconds), "--sample-steps", "5"])
@@ -92,8 +144,13 @@ def main() -> None:
             r["ratio_vs_baseline"] = round(r["images_per_s"] / base["train_images_per_s"], 2)
             rows.append(r)
             print(json.dumps(r), flush=True)
+    big = max(int(x) for x in a.batch_sizes.split(","))
+    prof = run([sys.executable, __file__, "--net", a.net, "--profile-worker", a.preset, str(big), "fp32",
+                str(a.profile_steps)])
+    print(json.dumps(prof), flush=True)
     result = {"command": "python " + " ".join(["benchmarks/bench_train.py", *sys.argv[1:]]),
-              "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_info(), "baseline": base, "rows": rows}
+              "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_info(), "baseline": base, "rows": rows,
+              "profile": prof}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_throughput.json").write_text(json.dumps(result, indent=2))
     lines = [f"# Training throughput, `{a.preset}` preset, end to end", "",
@@ -105,6 +162,12 @@ def main() -> None:
              "| batch | precision | images/s | × baseline | peak RSS (MB) |", "|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['precision']} | {r['images_per_s']} | {r['ratio_vs_baseline']} | "
               f"{r['peak_rss_mb']} |" for r in rows]
+    lines += ["", f"Where a step's time goes (batch {big}, fp32, torch.profiler over {prof['steps_profiled']} "
+              f"steps; {prof['step_ms']} ms per step under the profiler):", "",
+              "| phase | " + " | ".join(PHASES) + " |", "|---" * (len(PHASES) + 1) + "|",
+              "| ms / step | " + " | ".join(str(prof["phases_ms"][k]) for k in PHASES) + " |", "",
+              "Top operators (share of operator self time): "
+              + ", ".join(f"{o['op'].removeprefix('aten::')} {o['self_share']:.0%}" for o in prof["top_ops"]) + "."]
     (RESULTS / "train_throughput.md").write_text("\n".join(lines) + "\n")
 
 

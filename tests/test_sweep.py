@@ -209,3 +209,19 @@ def test_cli_sweep_and_evaluate(pipe: Pipeline, evaluator: StandIn, reference: R
     assert res.exit_code == 0, res.output
     m = json.loads(res.output)
     assert m["n"] == N and m["fid"] == pytest.approx(read_rows(out / "results.jsonl")[1]["fid"])
+
+
+def test_cli_demo_ends_with_a_quick_sweep(pipe: Pipeline, evaluator: StandIn, reference: ReferenceStats,
+                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(api, "load", lambda *a, **k: pipe)
+    monkeypatch.setattr(sweep_mod, "default_evaluator", lambda e, r, shape, device="cpu": (evaluator, reference))
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(cli, ["demo", "--out", str(out), "--steps", "2", "--sweep-w", "0,2",
+                                   "--sweep-n", str(N), "--sweep-steps", "2"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])
+    assert [r["tag"] for r in report["sweep"]["rows"]] == ["w0", "w2"]
+    assert [r["tag"] for r in read_rows(out / "sweep" / "results.jsonl")] == ["w0", "w2"]
+    assert (out / "sweep" / "sweep.png").stat().st_size > 10_000 and len(report["grids"]) == 3
+    res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "quick"), "--steps", "2", "--sweep-w", ""])
+    assert res.exit_code == 0 and "sweep" not in json.loads(res.output[res.output.index("{"):])

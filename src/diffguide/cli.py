@@ -177,16 +177,32 @@ def sample(checkpoint: str, classifier: str | None, w_text: str, cg_text: str, l
 
 @cli.command()
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--steps", default=50, show_default=True)
-def demo(out: str, steps: int) -> None:
-    """The main job: sample the shipped MNIST model at w = 0, 1, 3 (10 per class each)."""
+@click.option("--steps", default=50, show_default=True, help="DDIM steps of the sample grids.")
+@click.option("--sweep-w", "sweep_w", default="0,0.5,1,2,4", show_default=True,
+              help="CFG weights of the closing quick sweep ('' to skip it).")
+@click.option("--sweep-n", default=1000, show_default=True, help="Samples per weight in the quick sweep.")
+@click.option("--sweep-steps", default=10, show_default=True, help="DDIM steps in the quick sweep.")
+def demo(out: str, steps: int, sweep_w: str, sweep_n: int, sweep_steps: int) -> None:
+    """The main job: sample the shipped MNIST model at w = 0, 1, 3 (10 per class each), then a quick
+    guidance sweep (FID, IS, precision/recall, class accuracy vs w; table and plots)."""
     from .api import load
+    from .experiments.sweep import grid_settings, run_sweep
 
     t0 = time.time()
     pipe = load("mnist")
     written = sample_grids(pipe, Path(out), ws=[0.0, 1.0, 3.0], cg_scales=[0.0], labels=list(range(10)), n=100,
                            sampler="ddim", steps=steps, seed=0)
-    click.echo(json.dumps({"grids": [str(p) for p in written], "seconds": round(time.time() - t0, 1)}))
+    report: dict[str, Any] = {"grids": [str(p) for p in written]}
+    if sweep_w.strip():
+        click.echo(f"quick sweep: w = {sweep_w}, {sweep_n} samples each, DDIM {sweep_steps} steps", err=True)
+        rows = run_sweep(pipe, grid_settings(parse_floats(sweep_w, "--sweep-w"), [0.0], False), n=sweep_n,
+                         sampler="ddim", steps=sweep_steps, seed=0, out=Path(out) / "sweep", progress=True)
+        report["sweep"] = {"table": str(Path(out) / "sweep" / "results.csv"),
+                           "plot": str(Path(out) / "sweep" / "sweep.png"),
+                           "rows": [{k: r[k] for k in ("tag", "fid", "is_mean", "precision", "recall", "accuracy")}
+                                    for r in rows]}
+    report["seconds"] = round(time.time() - t0, 1)
+    click.echo(json.dumps(report, indent=1))
 
 
 @cli.command("demo-gmm")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from torch.profiler import record_function
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import Batches, ImageData, check_batch_size, load_data
@@ -192,22 +193,26 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             lr = lr_at(cfg, step, frac)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, c = batches.get(step)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            c = c.to(device, non_blocking=True)
+            with record_function("data"):
+                x, c = batches.get(step)
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                c = c.to(device, non_blocking=True)
             gen = torch.Generator(device).manual_seed(step_seed(cfg.seed, step))
-            with autocast():
+            with record_function("forward+loss"), autocast():
                 loss, stats = loss_fn(net, x, c, gen)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 last = latest_checkpoint(run_dir)
                 raise TrainingDiverged(f"loss is {loss_value} at step {step}; stopped before updating the "
                                        f"weights. Last good checkpoint: {last or 'none yet'}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-            ema.update(net)
+            with record_function("backward"):
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            with record_function("clip+optimizer"):
+                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                opt.step()
+            with record_function("ema"):
+                ema.update(net)
             step += 1
             seen += x.shape[0]
             loss_sum += loss_value

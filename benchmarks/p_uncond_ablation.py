@@ -6,7 +6,9 @@ dropped with probability 0.1, 0.2 and 0.5, each swept over w with the same seeds
 
 Every run is `configs/mnist_small.toml` (2000 steps at batch 64, seed 0) with only `--p-uncond`
 changed. p_uncond = 0.1 is exactly the shipped model's config; training is deterministic on CPU
-(resume reproduces a run bit for bit), so the shipped weights stand in for that run. Trainings and
+(resume reproduces a run bit for bit), so the shipped weights stand in for that run. That holds
+where `precision = "auto"` resolves to fp32 on the CPU, as on the machine that trained the shipped
+model (no native bf16, no GPU); elsewhere, train 0.1 as well (drop it from --p and add a run). Trainings and
 sweeps resume: rerun the command after an interruption.
 """
 

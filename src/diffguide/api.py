@@ -55,7 +55,7 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     ADM Alg. 1); ``"auto"`` = mean on DDPM, score elsewhere. Sample ``i`` uses the noise stream seeded
     by ``(seed, first_index + i)``, so results do not depend on ``batch_size``. ``clip_x0`` clamps the
     predicted clean image (``None`` to disable). ``max_batch``: rows per network forward (the CFG pair
-    of a batch of B samples is 2B rows; results are the same for any value); ``"auto"`` =
+    of a batch of B samples is 2B rows; fp32 results are bit-identical for any value); ``"auto"`` =
     :func:`default_max_batch`. ``autocast``: reduced precision for network forwards.
     """
     labels = torch.as_tensor(list(labels) if not isinstance(labels, Tensor) else labels, dtype=torch.long)

@@ -46,11 +46,20 @@ def check_labels(c: Tensor, num_classes: int, *, allow_null: bool, what: str = "
                          + (f" ({num_classes} is the null label)" if allow_null else ""))
 
 
-# oneDNN picks other kernels for forwards of very few rows (on the CPUs measured, 1-11 rows gave
+# On CPU, oneDNN picks other kernels for forwards of very few rows (on the CPUs measured, 1-11 rows gave
 # results ~1e-6 off those of the same rows in a bigger batch), which broke "same seed, same sample,
-# whatever the batch size" in fp32. Forwards of fewer rows are padded to this many: cheap, and every
-# row then goes through the same kernels (tests/test_api.py checks the samples bit for bit).
+# whatever the batch size" in fp32. CPU forwards (network and classifier) of fewer rows are padded to
+# this many by repeating the last row; the padding's outputs are dropped. tests/test_api.py checks
+# the samples bit for bit. Other devices are not padded (a small max_batch there saves memory).
 MIN_ROWS = 16
+
+
+def _pad_rows(*ts: Tensor) -> tuple[Tensor, ...]:
+    """``ts`` (same batch size) padded to :data:`MIN_ROWS` rows on CPU; unchanged otherwise."""
+    n = ts[0].shape[0]
+    if n >= MIN_ROWS or ts[0].device.type != "cpu":
+        return ts
+    return tuple(torch.cat([t, t[-1:].expand(MIN_ROWS - n, *t.shape[1:])]) for t in ts)
 
 
 class GuidedEps:
@@ -59,8 +68,9 @@ class GuidedEps:
     ``terms``: (condition, weight) pairs; each condition has batch size B, each weight is a float or
     a ``(B,)`` tensor; float terms with weight 0 are skipped. All remaining terms run as one forward
     over ``len(terms) * B`` rows, split into chunks of at most ``max_batch`` rows if given (same
-    result). ``autocast``: a reduced precision (e.g. ``torch.bfloat16``) for network forwards
-    only; combination happens in float32. ``calls`` counts network forwards.
+    result; on CPU a chunk of fewer than :data:`MIN_ROWS` rows is padded up to that). ``autocast``:
+    a reduced precision (e.g. ``torch.bfloat16``) for network forwards only; combination happens in
+    float32. ``calls`` counts network forwards.
     """
 
     def __init__(self, net: Net, terms: Sequence[tuple[Tensor, Weight]], *,
@@ -94,9 +104,7 @@ class GuidedEps:
 
     def _forward(self, z: Tensor, lam: Tensor, cond: Tensor) -> Tensor:
         n = z.shape[0]
-        if n < MIN_ROWS:  # pad by repeating the last row; see MIN_ROWS
-            pad = MIN_ROWS - n
-            z, lam, cond = (torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in (z, lam, cond))
+        z, lam, cond = _pad_rows(z, lam, cond)
         ctx = torch.autocast(z.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
         with ctx:
             out = self.net(z, lam, cond)[:n]
@@ -134,7 +142,8 @@ class GuidedEps:
     def grad(self, z: Tensor, lam: Tensor) -> Tensor:
         """``grad_z log p(y|z)`` of the guiding classifier at the labels ``cg_labels``."""
         assert self.classifier is not None and self.cg_labels is not None
-        return classifier_grad(self.classifier, z, lam, self.cg_labels.to(z.device))
+        n = z.shape[0]
+        return classifier_grad(self.classifier, *_pad_rows(z, lam, self.cg_labels.to(z.device)))[:n]
 
     def mean_grad(self, z: Tensor, lam: Tensor) -> Tensor:
         """``s grad_z log p(y|z)``: the DDPM mean shift's direction (pass as ``ddpm(mean_grad=...)``)."""

@@ -190,9 +190,11 @@ def test_cli_train_and_sample_end_to_end(tmp_path):
     np.savez(tmp_path / "d.npz", images=((data.images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy(),
              labels=data.labels.numpy())
     r = _cli("train", "--data", "d.npz", "--preset", "tiny", "--steps", "4", "--batch-size", "8",
-             "--out", "run", "--no-progress", "--export", "tiny.safetensors", cwd=tmp_path)
+             "--log-every", "3", "--out", "run", "--no-progress", "--export", "tiny.safetensors", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "tiny.safetensors").exists()
+    card = json.loads((tmp_path / "tiny.json").read_text())  # the final step, not the last log row's (3)
+    assert card["steps"] == 4 and card["config"]["steps"] == 4 and "tiny.safetensors" in card["command"]
     r = _cli("sample", "--checkpoint", "tiny.safetensors", "--w", "0,2", "--labels", "0-2", "--n", "6",
              "--steps", "3", "--out", "s", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -114,7 +114,9 @@ def write_model_card(run_dir: str | Path, weights: str | Path, *, command: str, 
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if platform.system() == "Linux" else ""
     model = re.search(r"Model name:\s*(.+)", lscpu)
     last = rows[-1] if rows else {}
-    card = {"weights": Path(weights).name, "command": command, "steps": last.get("step"),
+    ckpt = latest_checkpoint(run)  # the final step (the log's last row may be up to log_every earlier)
+    steps = json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else last.get("step")
+    card = {"weights": Path(weights).name, "command": command, "steps": steps,
             "wall_time_s": round(wall_time_s, 1), "final_loss": last.get("loss"),
             "mean_images_per_s": round(sum(r["images_per_s"] for r in rows) / len(rows), 1) if rows else None,
             "cpu": model.group(1).strip() if model else platform.processor(), "threads": torch.get_num_threads(),

@@ -80,8 +80,13 @@ def test_max_batch_splits_without_changing_the_result(gmm):
     net = Counting(gmm)
     whole = guided(gmm, c, 1.5)(z, lam)
     split = guided(net, c, 1.5, max_batch=32)(z, lam)
-    assert net.rows == [32, 32, 32, MIN_ROWS]  # the last chunk of 4 rows is padded
+    assert net.rows == [25, 25, 25, 25]  # 100 rows in as few equal chunks of <= 32 rows as possible
     torch.testing.assert_close(split, whole, rtol=0, atol=0)
+    z, lam, c = _inputs(gmm, B=10)
+    net = Counting(gmm)
+    split = guided(net, c, 1.5, max_batch=8)(z, lam)
+    assert net.rows == [MIN_ROWS] * 3  # chunks of 7, 7 and 6 rows, each padded on CPU
+    torch.testing.assert_close(split, guided(gmm, c, 1.5)(z, lam), rtol=0, atol=0)
 
 
 def test_per_sample_w(gmm):

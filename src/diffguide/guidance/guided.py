@@ -67,7 +67,7 @@ class GuidedEps:
 
     ``terms``: (condition, weight) pairs; each condition has batch size B, each weight is a float or
     a ``(B,)`` tensor; float terms with weight 0 are skipped. All remaining terms run as one forward
-    over ``len(terms) * B`` rows, split into chunks of at most ``max_batch`` rows if given (same
+    over ``len(terms) * B`` rows, split into equal chunks of at most ``max_batch`` rows if given (same
     result; on CPU a chunk of fewer than :data:`MIN_ROWS` rows is padded up to that). ``autocast``:
     a reduced precision (e.g. ``torch.bfloat16``) for network forwards only; combination happens in
     float32. ``calls`` counts network forwards.
@@ -120,12 +120,14 @@ class GuidedEps:
         if self._cond is None or self._cond.device != z.device:  # conditions are fixed: concatenate once
             self._cond = torch.cat([cond.to(z.device) for cond, _ in self.terms])
         cc = self._cond
-        if self.max_batch is None or zz.shape[0] <= self.max_batch:
+        rows = zz.shape[0]
+        if self.max_batch is None or rows <= self.max_batch:
             eps = self._forward(zz, ll, cc)
-        else:
-            eps = torch.cat([self._forward(zz[i:i + self.max_batch], ll[i:i + self.max_batch],
-                                           cc[i:i + self.max_batch])
-                             for i in range(0, zz.shape[0], self.max_batch)])
+        else:  # as few chunks as max_batch allows, of equal size: 200 rows at 128 -> 100 + 100, not 128 + 72
+            chunks = -(-rows // self.max_batch)
+            size = -(-rows // chunks)
+            eps = torch.cat([self._forward(zz[i:i + size], ll[i:i + size], cc[i:i + size])
+                             for i in range(0, rows, size)])
         parts = eps.split(self.batch)
         ws = [w for _, w in self.terms]
         w0, w1 = (ws + [0.0])[:2]

@@ -25,7 +25,7 @@ __all__ = ["Pipeline", "load", "sample_images", "default_max_batch", "ASSETS", "
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors")}
 # On CPU a forward's cost per row grows with its size once activations outgrow the caches: the shipped
-# U-Net costs ~2x more per row at 1000 rows than at 128 (benchmarks/results/sampling_speed.md), so
+# U-Net costs ~1.8x more per row at 1000 rows than at 128 (benchmarks/results/sampling_speed.md), so
 # CPU forwards are cut into chunks of this many rows by default. Accelerators take the whole batch.
 CPU_MAX_BATCH = 128
 

@@ -122,12 +122,14 @@ def test_sweep_rows_files_seeds_and_resume(pipe: Pipeline, evaluator: StandIn, r
         assert (r["n"], r["sampler"], r["steps"], r["seed"]) == (N, "ddpm", STEPS, 0)
     # one call per chunk, and every setting draws the same per-sample seeds
     assert calls == [{"n": CHUNK, "w": w, "seed": 0, "first_index": i} for w in (0.0, 2.0) for i in (0, CHUNK)]
-    for name in ("results.jsonl", "results.csv", "results.json", "sweep.png", "grids/w0.png", "grids/w2.png",
-                 "samples/w0.npz", "samples/w2/chunk-0000.npz", "samples/w2/chunk-0001.npz"):
+    for name in ("results.jsonl", "results.csv", "results.json", "results.md", "sweep.png", "grids/w0.png",
+                 "grids/w2.png", "samples/w0.npz", "samples/w2/chunk-0000.npz", "samples/w2/chunk-0001.npz"):
         assert (out / name).is_file(), name
     assert len(read_rows(out / "results.jsonl")) == 2
     assert len((out / "results.csv").read_text().splitlines()) == 3
     assert [r["tag"] for r in json.loads((out / "results.json").read_text())] == ["w0", "w2"]
+    md = (out / "results.md").read_text().splitlines()
+    assert len(md) == 4 and md[2].startswith("| w0 | cfg | 0 | 0 | ") and md[3].startswith("| w2 | cfg | 2 | 0 | ")
     with np.load(out / "samples/w0.npz") as f:
         assert f["images"].shape == (N, 28, 28, 1) and f["images"].dtype == np.uint8
         np.testing.assert_array_equal(f["labels"], np.arange(N) % 10)
@@ -163,6 +165,18 @@ def test_sweep_rows_files_seeds_and_resume(pipe: Pipeline, evaluator: StandIn, r
               evaluator=evaluator, reference=reference, progress=False, plot=False)
     assert [c["seed"] for c in calls] == [1, 1]
     assert len(json.loads((out / "results.json").read_text())) == 1  # tables hold this configuration only
+
+
+def test_markdown_table_marks_the_best() -> None:
+    rows = [{"tag": "w0", "method": "cfg", "w": 0.0, "cg_scale": 0.0, "n": 8, "fid": 3.0, "is_mean": 8.0,
+             "is_std": 0.1, "precision": 0.7, "recall": 0.8, "accuracy": 0.9, "sample_seconds": 12.4},
+            {"tag": "w0_cg3", "method": "cfg+cg", "w": 0.0, "cg_scale": 3.0, "n": 8, "fid": 1.5, "is_mean": 9.5,
+             "is_std": 0.2, "precision": 0.9, "recall": 0.6, "accuracy": 1.0}]
+    lines = sweep_mod.markdown_table(rows).splitlines()
+    assert lines[2] == "| w0 | cfg | 0 | 0 | 8 | 0.900 | 3.00 | 8.00 ± 0.10 | 0.700 | 0.800 | 12 |"
+    assert lines[3] == "| w0_cg3 | cfg+cg | 0 | 3 | 8 | **1.000** | **1.50** | **9.50 ± 0.20** | 0.900 | 0.600 | - |"
+    with pytest.raises(ValueError, match="no rows"):
+        sweep_mod.markdown_table([])
 
 
 def test_bad_input(pipe: Pipeline, evaluator: StandIn, reference: ReferenceStats, tmp_path: Path) -> None:

@@ -247,7 +247,7 @@ def sweep(checkpoint: str, classifier: str | None, w_text: str, cg_text: str, un
     Settings: every --w with CFG alone (tag w<w>), then every nonzero --cg-scale s on the
     conditional model at w = 0 (w0_cg<s>); --unconditional adds the null-label model at s = 0
     (uncond) and at every nonzero s (uncond_cg<s>). All settings share per-sample seeds. Writes
-    results.jsonl/.csv/.json, sweep.png, grids/ and samples/ under --out; rerunning the same
+    results.jsonl/.csv/.json/.md, sweep.png, grids/ and samples/ under --out; rerunning the same
     command resumes (finished settings are skipped, a cut-short one restarts at its last chunk).
     """
     from .api import load
@@ -269,7 +269,8 @@ def sweep(checkpoint: str, classifier: str | None, w_text: str, cg_text: str, un
     for r in rows:
         click.echo(f"{r['tag']:<14}{r['fid']:>9.3f}{r['is_mean']:>8.3f}±{r['is_std']:<5.3f}"
                    f"{r['precision']:>7.3f}{r['recall']:>7.3f}{r['accuracy']:>7.3f}")
-    click.echo(f"results: {Path(out) / 'results.csv'}" + ("" if no_plot else f", plot: {Path(out) / 'sweep.png'}"))
+    plot = "" if no_plot else f", plot: {Path(out) / 'sweep.png'}"
+    click.echo(f"results: {Path(out) / 'results.csv'} (and .md){plot}")
 
 
 @cli.command()

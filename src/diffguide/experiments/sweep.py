@@ -6,6 +6,7 @@ Layout of a sweep directory ``out``::
 
     results.jsonl                one JSON row per finished setting, appended as each one finishes
     results.csv, results.json    the finished rows of this configuration, written at the end
+    results.md                   the same rows as a Markdown table (best FID, IS, accuracy in bold)
     sweep.png                    FID / IS / precision & recall vs guidance strength, FID-vs-IS frontier
     grids/<tag>.png              first 10 samples per class, one row per class
     samples/<tag>.npz            all samples of a setting (``images`` uint8 NHWC, ``labels``)
@@ -42,7 +43,8 @@ from ..api import Pipeline
 from ..images import load_samples, save_grid
 from ..metrics import FeatureNet, ReferenceStats, mnist_reference_stats, sample_metrics, weights_hash
 
-__all__ = ["Setting", "run_sweep", "evaluate_samples", "default_evaluator", "grid_settings", "read_rows"]
+__all__ = ["Setting", "run_sweep", "evaluate_samples", "default_evaluator", "grid_settings", "read_rows",
+           "markdown_table"]
 
 RESULTS = "results.jsonl"
 # Columns first in results.csv (others follow alphabetically).
@@ -212,6 +214,35 @@ def _order(row: dict[str, Any]) -> tuple[Any, ...]:
     return (bool(row["unconditional"]), bool(row["cg_scale"]), row["w"], row["cg_scale"])
 
 
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of a sweep as a Markdown table, one line per setting in the given order; the best
+    FID (lowest), IS and class accuracy (highest) are in bold. Missing metrics show as '-'."""
+    if not rows:
+        raise ValueError("no rows to tabulate")
+    best = {}
+    for key, pick in (("fid", min), ("is_mean", max), ("accuracy", max)):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        best[key] = pick(vals) if vals else None
+
+    def cell(r: dict[str, Any], key: str, fmt: str) -> str:
+        v = r.get(key)
+        if v is None:
+            return "-"
+        text = format(v, fmt)
+        if key == "is_mean" and r.get("is_std") is not None:
+            text += f" ± {r['is_std']:.2f}"
+        return f"**{text}**" if key in best and v == best[key] else text
+
+    lines = ["| setting | method | w | s | n | class accuracy | FID | IS | precision | recall | sampling s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [r["tag"], r["method"], f"{r['w']:g}", f"{r['cg_scale']:g}", str(r.get("n", "-")),
+                 cell(r, "accuracy", ".3f"), cell(r, "fid", ".2f"), cell(r, "is_mean", ".2f"),
+                 cell(r, "precision", ".3f"), cell(r, "recall", ".3f"), cell(r, "sample_seconds", ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     _atomic_bytes(out / "results.json", (json.dumps(rows, indent=1) + "\n").encode())
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
@@ -221,6 +252,7 @@ def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     _atomic_bytes(out / "results.csv", buf.getvalue().encode())
+    _atomic_bytes(out / "results.md", markdown_table(rows).encode())
 
 
 def _grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 10) -> Path:

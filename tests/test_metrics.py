@@ -22,6 +22,7 @@ from diffguide.metrics import (
     feature_stats,
     fid_from_features,
     frechet_distance,
+    in_manifold,
     inception_score,
     manifold_radii,
     precision_recall,
@@ -166,6 +167,28 @@ def test_precision_recall_analytic_grid() -> None:
     assert r == pytest.approx((m + 3) / n)
 
 
+def test_precision_recall_counts_the_boundary() -> None:
+    # Real 0..9 (k = 3): the end point 9 has radius 3, so a fake at exactly 12 is inside (<=), one
+    # at 12.5 is not. Fakes 12 and 12.5 have radius 0.5 in a 4-point set with 20 and 20.5, ...
+    real = _line(np.arange(10.0))
+    for x, inside in ((12.0, 1.0), (12.5, 0.0)):
+        fake = _line(np.array([x, 30.0, 31.0, 32.0]))
+        p, _ = precision_recall(real, fake, k=3, dtype=torch.float64)
+        assert p == inside / 4
+
+
+def test_precision_recall_far_from_the_origin() -> None:
+    # float32 cdist via |x|^2 + |y|^2 - 2 x.y would round every distance here to ~0 (radii 0);
+    # distances are translation invariant, so the sets are centred first.
+    rng = np.random.default_rng(0)
+    base = 0.01 * rng.standard_normal((1500, 64))
+    r_near = manifold_radii(base, dtype=torch.float64).numpy()
+    r_far = manifold_radii(base + 100.0).numpy()
+    np.testing.assert_allclose(r_far, r_near, rtol=1e-3)
+    assert precision_recall(base + 100.0, base[::-1] + 100.0) == (1.0, 1.0)
+    assert in_manifold(base, torch.from_numpy(r_near).numpy(), base[:5] + 100.0).tolist() == [False] * 5
+
+
 def test_precision_recall_point_clouds() -> None:
     rng = np.random.default_rng(0)
     real = torch.from_numpy(rng.uniform(0, 1, (1000, 2)))
@@ -216,6 +239,9 @@ def test_extract_batches_uint8_and_protocol() -> None:
     np.testing.assert_allclose(extract(net, list(x.split(4)), output="probs").sum(1), 1.0, atol=1e-6)
     with pytest.raises(ValueError, match="training mode"):
         extract(net.train(), x)
+    net.eval().lin.train()  # a submodule left in training mode counts too
+    with pytest.raises(ValueError, match="training mode"):
+        extract(net, x)
 
 
 def test_tf_bilinear_resize_convention() -> None:
@@ -295,6 +321,34 @@ def test_sample_metrics_real_vs_real(evaluator: MNISTEvaluator, mnist_test: tupl
     shifted = sample_metrics(evaluator, torch.roll(x[1000:], 6, dims=3), ref, y[1000:])
     assert shifted["fid"] > 10 * same["fid"] and shifted["recall"] < 0.5 * same["recall"]
     assert shifted["precision"] < same["precision"] and shifted["accuracy"] < same["accuracy"]
+    with pytest.raises(ValueError, match="999 labels for 1000 images"):
+        sample_metrics(evaluator, x[1000:2000], ref, y[1000:1999])
+
+
+def test_sample_metrics_subsamples_at_random() -> None:
+    # Reference sorted by "class": 500 points near the origin, then 500 near (10, 10). Fakes from the
+    # same two clusters, 100 each: precision/recall must use a random half of the reference, not the
+    # first cluster only (which would put the second cluster of fakes outside -> precision 0.5).
+    class Identity(nn.Module):
+        name = "identity"
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)
+
+        def probs(self, x: torch.Tensor) -> torch.Tensor:
+            raise NotImplementedError("features only")
+
+    rng = np.random.default_rng(0)
+
+    def clusters(n: int) -> np.ndarray:
+        return np.concatenate([rng.normal(0, 1, (n, 2)), rng.normal(10, 1, (n, 2))])
+
+    real = clusters(500)
+    ref = ReferenceStats(mu=real.mean(0), sigma=np.cov(real, rowvar=False), features=real.astype(np.float32),
+                         n=len(real))
+    fake = torch.from_numpy(clusters(100)).float()[:, None, :, None]  # (200, 1, 2, 1)
+    out = sample_metrics(Identity().eval(), fake, ref)
+    assert out["precision"] > 0.9 and out["recall"] > 0.9 and "is_mean" not in out
 
 
 # ---------------------------------------------------------------- reference-stat cache
@@ -340,3 +394,11 @@ def test_reference_stats_cache_round_trip(tmp_path: Path, monkeypatch: pytest.Mo
     # So do the split and the cap.
     assert cache_path("toy", "test", net, 50) != cache_path("toy", "train", net, 50)
     assert cache_path("toy", "train", net, 10) != cache_path("toy", "train", net, 50)
+    # ... and the seed that draws the kept subset (0 stays unnamed, so existing caches still serve).
+    assert cache_path("toy", "train", net, 50, seed=1) != cache_path("toy", "train", net, 50)
+    other_seed = reference_stats("toy", "train", net, load, max_features=50, seed=1)
+    assert len(calls) == 3 and not np.array_equal(other_seed.features, first.features)
+    # A damaged cache file is recomputed, not a crash.
+    cache_path("toy", "train", net, 50).write_bytes(b"")
+    reference_stats("toy", "train", net, load, max_features=50)
+    assert len(calls) == 4

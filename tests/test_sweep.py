@@ -159,12 +159,25 @@ def test_sweep_rows_files_seeds_and_resume(pipe: Pipeline, evaluator: StandIn, r
     assert resumed[1]["fid"] == pytest.approx(rows[1]["fid"])
     assert [r["tag"] for r in read_rows(out / "results.jsonl")] == ["w0", "w2"]
 
-    # another configuration (here: the seed) does not reuse rows or chunks
+    # another sampling configuration (here: the seed) never overwrites this one's samples ...
     calls.clear()
-    run_sweep(pipe, [Setting(0)], n=N, sampler="ddpm", steps=STEPS, seed=1, out=out, batch_size=CHUNK,
-              evaluator=evaluator, reference=reference, progress=False, plot=False)
-    assert [c["seed"] for c in calls] == [1, 1]
-    assert len(json.loads((out / "results.json").read_text())) == 1  # tables hold this configuration only
+    kw: dict[str, Any] = dict(sampler="ddpm", steps=STEPS, out=out, batch_size=CHUNK, evaluator=evaluator,
+                              reference=reference, progress=False, plot=False)
+    with pytest.raises(ValueError, match=r"another sweep configuration \(seed: 0 there, 1 now\)"):
+        run_sweep(pipe, [Setting(0)], n=N, seed=1, **kw)
+    assert calls == []
+    np.testing.assert_array_equal(_images(out / "samples/w0.npz"), w0)
+    # ... a damaged chunk is made again ...
+    (out / "samples/w0/chunk-0001.npz").write_bytes(b"PK")
+    (out / "results.jsonl").write_text("")
+    run_sweep(pipe, [Setting(0)], n=N, seed=0, **kw)
+    assert calls == [{"n": CHUNK, "w": 0.0, "seed": 0, "first_index": CHUNK}]
+    np.testing.assert_array_equal(_images(out / "samples/w0.npz"), w0)
+    # ... and a smaller n reuses the chunks, scores anew, and the tables hold that n only
+    calls.clear()
+    small = run_sweep(pipe, [Setting(0)], n=CHUNK, seed=0, **kw)
+    assert calls == [] and small[0]["n"] == CHUNK
+    assert [r["n"] for r in json.loads((out / "results.json").read_text())] == [CHUNK]
 
 
 def test_markdown_table_marks_the_best() -> None:

@@ -14,8 +14,11 @@ Layout of a sweep directory ``out``::
 
 A sweep is resumable: a setting whose row (same tag, ``n`` and sampling configuration, same
 evaluator and reference) is already in ``results.jsonl`` is skipped; a setting cut short restarts
-from its last finished chunk (each chunk records the configuration it was made with and is only
-reused if that matches). Delete ``samples/<tag>/`` once a sweep is done to save disk.
+from its last finished chunk (each chunk records the configuration it was made with). One folder
+holds one *sampling* configuration (model, sampler, steps, seed, ...): chunks of another are never
+overwritten, the sweep stops and says what differs. ``n``, the evaluator and the reference may
+change (rows are kept per configuration; ``samples/<tag>.npz`` holds the latest ``n``). Delete
+``samples/<tag>/`` once a sweep is done to save disk.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import os
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +51,9 @@ __all__ = ["Setting", "run_sweep", "evaluate_samples", "default_evaluator", "gri
            "markdown_table"]
 
 RESULTS = "results.jsonl"
+# Bumped whenever sample_metrics changes what it computes, so older rows are scored again (from the
+# kept chunks, without sampling). 2: precision/recall on seeded random subsets, not the first rows.
+METRICS_VERSION = 2
 # Columns first in results.csv (others follow alphabetically).
 COLUMNS = ["tag", "method", "w", "cg_scale", "unconditional", "n", "fid", "is_mean", "is_std", "precision",
            "recall", "accuracy", "sample_seconds", "metrics_seconds", "sampler", "steps", "seed"]
@@ -166,15 +173,22 @@ def _save_npz(path: Path, images: np.ndarray, labels: np.ndarray, meta: dict[str
 
 
 def _load_chunk(path: Path, key: dict[str, Any], labels: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """``(images uint8 NHWC, seconds)`` of a chunk made with ``key`` for ``labels``, else None."""
+    """``(images uint8 NHWC, seconds)`` of the chunk at ``path`` if it was made with ``key`` for
+    ``labels``; None if it is missing or unreadable (make it again). A readable chunk of another
+    configuration is never overwritten: that raises, naming what differs."""
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
-            if meta.get("key") != key or not np.array_equal(f["labels"], labels):
-                return None
+            same_labels = np.array_equal(f["labels"], labels)
             images = f["images"]
-    except (OSError, KeyError, ValueError):
-        return None  # missing, half-written or from another configuration: make it again
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
+        return None  # missing or damaged: make it again
+    theirs = meta.get("key") if isinstance(meta, dict) else None
+    if theirs != key or not same_labels:
+        diff = [k for k in sorted(set(key) | set(theirs or {})) if (theirs or {}).get(k) != key.get(k)]
+        what = ", ".join(f"{k}: {(theirs or {}).get(k)!r} there, {key.get(k)!r} now" for k in diff) or "labels"
+        raise ValueError(f"{path} holds samples of another sweep configuration ({what}); sweep into another "
+                         f"--out, or delete {path.parent} to replace them")
     if images.dtype != np.uint8 or len(images) != len(labels):
         return None
     return images, float(meta.get("seconds", 0.0))
@@ -326,7 +340,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
     }
     # ... and what a result row depends on besides the setting.
     config = {"n": n, **sampling, "labels": _digest(y_np), "evaluator": _evaluator_id(evaluator),
-              "reference": _digest(reference.mu, reference.sigma, reference.features)}
+              "reference": _digest(reference.mu, reference.sigma, reference.features), "metrics": METRICS_VERSION}
 
     def matches(row: dict[str, Any]) -> bool:
         return all(row.get(k) == v for k, v in config.items())

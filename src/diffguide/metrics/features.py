@@ -42,9 +42,9 @@ class FeatureNet(Protocol):
 
 
 def _check_eval(net: object) -> None:
-    if isinstance(net, nn.Module) and net.training:
-        raise ValueError(f"{type(net).__name__} is in training mode (BatchNorm/dropout would make features "
-                         "depend on the batch); call .eval() first")
+    if isinstance(net, nn.Module) and any(m.training for m in net.modules()):
+        raise ValueError(f"{type(net).__name__} (or a submodule) is in training mode (BatchNorm/dropout would "
+                         "make features depend on the batch); call .eval() first")
 
 
 def _device_of(net: object) -> torch.device:
@@ -147,6 +147,8 @@ class InceptionFeatures(nn.Module):
         for t in self.net.parameters():
             t.requires_grad_(False)
         self.quantize = quantize
+        if not quantize:  # other features: caches and sweep rows must not mix them up
+            self.name = f"{InceptionFeatures.name}-unquantized"
         self.eval()
 
     def preprocess(self, x: Tensor) -> Tensor:

@@ -5,6 +5,8 @@ of a ball being the distance to the point's ``k``-th nearest neighbour within it
 (``k = 3`` in the paper). Precision is the fraction of fake features inside the real manifold
 (fidelity); recall the fraction of real features inside the fake manifold (coverage). Pairwise
 distances are computed in row blocks with ``torch.cdist``, so 10k x 10k needs a few tens of MB.
+Both sets are first centred on the manifold's mean: distances do not change, but ``cdist``'s fast
+``|x|^2 + |y|^2 - 2 x.y`` route loses all precision in float32 for features far from the origin.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def manifold_radii(features: ArrayLike, k: int = 3, *, block: int = 1024, dtype:
     x = _as_tensor(features, dtype, device)
     if not 1 <= k < x.shape[0]:
         raise ValueError(f"need 1 <= k < N, got k={k}, N={x.shape[0]}")
+    x = x - x.mean(0)
     out = []
     for i in range(0, x.shape[0], block):
         d = torch.cdist(x[i:i + block], x)
@@ -40,15 +43,17 @@ def manifold_radii(features: ArrayLike, k: int = 3, *, block: int = 1024, dtype:
     return torch.cat(out)
 
 
-def in_manifold(manifold: ArrayLike, radii: Tensor, query: ArrayLike, *, block: int = 1024,
+def in_manifold(manifold: ArrayLike, radii: ArrayLike, query: ArrayLike, *, block: int = 1024,
                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
     """Bool ``(M,)``: whether each ``(M, D)`` query lies within ``radii[i]`` of some
     ``manifold[i]`` (``(N, D)``; ``radii`` from :func:`manifold_radii`)."""
     m = _as_tensor(manifold, dtype, device)
     q = _as_tensor(query, dtype, m.device)
-    r = radii.to(m.device, dtype)
+    r = torch.as_tensor(radii).to(m.device, dtype)
     if m.shape[1] != q.shape[1] or r.shape != (m.shape[0],):
         raise ValueError(f"shape mismatch: manifold {tuple(m.shape)}, radii {tuple(r.shape)}, query {tuple(q.shape)}")
+    centre = m.mean(0)
+    m, q = m - centre, q - centre
     return torch.cat([(torch.cdist(q[i:i + block], m) <= r).any(1) for i in range(0, q.shape[0], block)]).cpu()
 
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,10 @@ def _safe(s: str) -> str:
 
 
 def cache_path(dataset: str, split: str, net: FeatureNet, max_features: int,
-               cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Cache file ``{dataset}-{split}-{net.name}-{weights_hash}-m{max_features}.npz``."""
-    name = f"{dataset}-{split}-{net.name}-{weights_hash(net)}-m{max_features}"
+               cache_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> Path:
+    """Cache file ``{dataset}-{split}-{net.name}-{weights_hash}-m{max_features}[-s{seed}].npz``
+    (the seed draws the kept subset, so it is named unless it is the default 0)."""
+    name = f"{dataset}-{split}-{net.name}-{weights_hash(net)}-m{max_features}" + (f"-s{seed}" if seed else "")
     return resolve_cache_dir(cache_dir) / f"{_safe(name)}.npz"
 
 
@@ -121,7 +123,7 @@ def _load(path: Path) -> ReferenceStats | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return ReferenceStats(mu=z["mu"], sigma=z["sigma"], features=z["features"], n=int(z["n"]))
-    except (OSError, KeyError, ValueError):
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
         return None  # missing or unreadable: recompute
 
 
@@ -132,7 +134,7 @@ def reference_stats(dataset: str, split: str, net: FeatureNet, images: ImagesLik
     ``net``, from the cache if present. ``images`` may be a zero-argument callable, called only
     on a cache miss. ``dataset`` and ``split`` name the data in the cache key — they must
     identify ``images`` uniquely."""
-    path = cache_path(dataset, split, net, max_features, cache_dir)
+    path = cache_path(dataset, split, net, max_features, cache_dir, seed)
     if not recompute and (stats := _load(path)) is not None:
         return stats
     stats = _compute(net, images() if callable(images) else images, max_features, batch_size, seed)

@@ -22,16 +22,24 @@ def sample_metrics(net: FeatureNet, images: Tensor | np.ndarray, reference: Refe
 
     - ``fid``: Fréchet distance to ``reference`` (mu, sigma over all reference images);
     - ``precision``, ``recall``: k-NN manifolds (k = ``k``) of equally many real and fake
-      features, ``min(N, len(reference.features))`` each (set size changes the radii);
+      features, ``min(N, len(reference.features))`` each (set size changes the radii), the larger
+      set subsampled at random (fixed seed: files are often sorted by class or by source);
     - ``is_mean``, ``is_std``: Inception Score over ``splits`` splits of ``net.probs``;
     - ``accuracy``: how often ``net`` classifies a sample as its requested ``labels`` (if given).
 
     IS and accuracy are left out when ``net.probs`` raises ``NotImplementedError``
     (e.g. :class:`~diffguide.metrics.features.InceptionFeatures`)."""
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"got {len(labels)} labels for {len(images)} images; give one label per image")
     feats = extract(net, images, batch_size)
     out = {"fid": frechet_distance(*feature_stats(feats), reference.mu, reference.sigma)}
     m = min(len(feats), len(reference.features))
-    out["precision"], out["recall"] = precision_recall(reference.features[:m], feats[:m], k)
+    rng = np.random.default_rng(0)
+
+    def subset(a: np.ndarray) -> np.ndarray:
+        return a if len(a) == m else a[np.sort(rng.choice(len(a), m, replace=False))]
+
+    out["precision"], out["recall"] = precision_recall(subset(reference.features), subset(feats), k)
     try:
         probs = extract(net, images, batch_size, output="probs")
     except NotImplementedError:

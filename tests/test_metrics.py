@@ -168,11 +168,12 @@ def test_precision_recall_analytic_grid() -> None:
 
 
 def test_precision_recall_counts_the_boundary() -> None:
-    # Real 0..9 (k = 3): the end point 9 has radius 3, so a fake at exactly 12 is inside (<=), one
-    # at 12.5 is not. Fakes 12 and 12.5 have radius 0.5 in a 4-point set with 20 and 20.5, ...
-    real = _line(np.arange(10.0))
+    # Real 0..9 on a line (k = 3): the end point 9 has radius 3, so a fake at exactly 12 is inside
+    # (<=), one at 12.5 is not; the other fakes (30..32) are far outside. 1-D features keep every
+    # distance exact, also after centring (mean 4.5).
+    real = np.arange(10.0)[:, None]
     for x, inside in ((12.0, 1.0), (12.5, 0.0)):
-        fake = _line(np.array([x, 30.0, 31.0, 32.0]))
+        fake = np.array([[x], [30.0], [31.0], [32.0]])
         p, _ = precision_recall(real, fake, k=3, dtype=torch.float64)
         assert p == inside / 4
 

@@ -184,9 +184,10 @@ def _load_chunk(path: Path, key: dict[str, Any], labels: np.ndarray) -> tuple[np
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
         return None  # missing or damaged: make it again
     theirs = meta.get("key") if isinstance(meta, dict) else None
+    theirs = theirs if isinstance(theirs, dict) else {}
     if theirs != key or not same_labels:
-        diff = [k for k in sorted(set(key) | set(theirs or {})) if (theirs or {}).get(k) != key.get(k)]
-        what = ", ".join(f"{k}: {(theirs or {}).get(k)!r} there, {key.get(k)!r} now" for k in diff) or "labels"
+        diff = [k for k in sorted(set(key) | set(theirs)) if theirs.get(k) != key.get(k)]
+        what = ", ".join(f"{k}: {theirs.get(k)!r} there, {key.get(k)!r} now" for k in diff) or "labels"
         raise ValueError(f"{path} holds samples of another sweep configuration ({what}); sweep into another "
                          f"--out, or delete {path.parent} to replace them")
     if images.dtype != np.uint8 or len(images) != len(labels):

@@ -22,7 +22,7 @@ from diffguide.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from diffguide.training.ema import EMA
+from diffguide.ema import EMA
 
 CONFIG = {"model": {"channels": [8, 16], "dropout": 0.1}, "lr": 1e-3, "name": "tiny"}
 

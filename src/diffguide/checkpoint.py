@@ -16,9 +16,10 @@ exactly: tuples, non-string dict keys and tensors are tagged (``{"__tuple__": [.
 ``{"__tensor_b64__": "<base64 of a one-tensor safetensors blob>"}``). ``config`` and ``extra``
 are plain JSON (tuples come back as lists).
 
-A checkpoint is written into a hidden sibling directory, fsynced, then renamed into place with
-``os.replace``: a crash leaves the earlier checkpoints intact and nothing that
-:func:`latest_checkpoint` would pick. One process per run directory writes (rank 0 under DDP).
+A checkpoint is written into a hidden sibling directory (each file fsynced, see
+:mod:`diffguide.fileio`), then renamed into place with ``os.replace``: a crash leaves the earlier
+checkpoints intact and nothing that :func:`latest_checkpoint` would pick. One process per run
+directory writes (rank 0 under DDP).
 
 A shipped model is one ``.safetensors`` file (:func:`save_weights`) whose header holds its JSON
 metadata (e.g. the model config) under the key ``"diffguide"``.
@@ -42,6 +43,9 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
+
+from .fileio import atomic_path, atomic_write_text, fsync_dir
+from .validate import optional_positive_int
 
 __all__ = [
     "latest_checkpoint",
@@ -90,7 +94,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``<run_dir>/ckpt-<step:08d>/`` atomically and return its path.
 
-    ``ema`` is a :class:`diffguide.training.ema.EMA` or any averaged ``nn.Module`` (e.g.
+    ``ema`` is a :class:`diffguide.ema.EMA` or any averaged ``nn.Module`` (e.g.
     ``torch.optim.swa_utils.AveragedModel``); ``scheduler`` anything with ``state_dict()``.
     ``config`` (``dataclasses.asdict(cfg)``) and ``extra`` must be JSON-serialisable. After the new
     checkpoint is in place, all but the newest ``keep`` are deleted (``None`` keeps all); a
@@ -98,8 +102,7 @@ def save_checkpoint(
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise ValueError(f"keep must be a positive integer or None, got {keep!r}")
+    optional_positive_int(keep, "keep")
     # Everything is gathered and JSON-encoded before anything touches the disk.
     state: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "step": step,
@@ -129,12 +132,11 @@ def save_checkpoint(
         tmp.mkdir()
         for name, tensors in files.items():
             _write_safetensors(tmp / name, tensors)
-        _write_text(tmp / STATE, text)  # last: a directory without state.json is never a checkpoint
-        _fsync_dir(tmp)
+        atomic_write_text(tmp / STATE, text)  # last: a directory without state.json is never a checkpoint
         if final.exists():  # re-saving a step: move the old one aside, never into a half state
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_dir(run_dir)
+        fsync_dir(run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not final.exists():
@@ -219,14 +221,7 @@ def save_weights(
         tensors = dict(module_or_state_dict)
     header = {"diffguide": json.dumps(_plain_json(metadata or {}, "metadata"))}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        _write_safetensors(tmp, tensors, header)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _write_safetensors(path, tensors, header)
     return path
 
 
@@ -290,12 +285,10 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 def _write_safetensors(file: Path, tensors: Mapping[str, Tensor], header: dict[str, str] | None = None
                        ) -> None:
-    safetensors.torch.save_file(_own_storage(tensors, file), str(file),
-                                metadata={"format": "pt", **(header or {})})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(file, 0o666 & ~umask)  # safetensors creates files 0600; give them the usual permissions
-    _fsync_file(file)
+    """Write ``tensors`` to ``file`` atomically, with the usual permissions (see :mod:`diffguide.fileio`)."""
+    tensors = _own_storage(tensors, file)
+    with atomic_path(file) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt", **(header or {})})
 
 
 def _read_safetensors(file: Path, device: str | torch.device) -> dict[str, Tensor]:
@@ -303,28 +296,6 @@ def _read_safetensors(file: Path, device: str | torch.device) -> dict[str, Tenso
         return safetensors.torch.load_file(str(file), device=str(device))
     except Exception as e:
         raise ValueError(f"{file}: corrupt or unreadable safetensors file ({e})") from e
-
-
-def _write_text(file: Path, text: str) -> None:
-    with open(file, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_file(file: Path) -> None:
-    with open(file, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(d: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- tensors and modules

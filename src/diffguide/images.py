@@ -1,4 +1,4 @@
-"""Image grids and sample files (Pillow and numpy only)."""
+"""Image grids, sample files and the uint8 <-> [-1, 1] conversions (Pillow and numpy only)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,21 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "save_samples", "load_samples"]
+from .fileio import atomic_path
+
+__all__ = ["to_uint8", "from_uint8", "make_grid", "save_grid", "save_samples", "load_samples"]
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
-    """Images in [-1, 1], ``(N, C, H, W)`` -> uint8 ``(N, H, W, C)``."""
+    """Images in [-1, 1], ``(N, C, H, W)`` -> uint8 ``(N, H, W, C)`` numpy: ``round((x + 1) * 127.5)``,
+    ``x`` clamped to [-1, 1] first (the inverse of :func:`from_uint8` on its values)."""
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(u: Tensor) -> Tensor:
+    """Pixel values in [0, 255] (uint8, or any integer dtype) -> float32 in [-1, 1] as ``u / 127.5 - 1``
+    (0 -> -1, 255 -> 1 exactly); same shape and layout (NCHW stays NCHW)."""
+    return u.to(torch.float32, copy=True).div_(127.5).sub_(1.0)  # in place on the copy: no second buffer
 
 
 def make_grid(x: Tensor, nrow: int, pad: int = 2) -> np.ndarray:
@@ -47,10 +56,10 @@ def save_samples(path: str | Path, x: Tensor, labels: Tensor, **meta: float | in
     """Samples as ``.npz``: ``images`` uint8 ``(N, H, W, C)``, ``labels`` int64, plus scalar metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
     scalars: dict[str, Any] = {k: np.asarray(v) for k, v in meta.items()}
-    np.savez_compressed(tmp, images=to_uint8(x), labels=labels.cpu().numpy().astype(np.int64), **scalars)
-    tmp.replace(path)
+    images, labels_np = to_uint8(x), labels.cpu().numpy().astype(np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, images=images, labels=labels_np, **scalars)
     return path
 
 
@@ -68,4 +77,4 @@ def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None]:
         images = images[..., None]
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"{path}: 'images' must be uint8 (N, H, W[, C]), got {images.dtype} {images.shape}")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, labels
+    return from_uint8(torch.from_numpy(images).permute(0, 3, 1, 2)), labels

@@ -9,8 +9,8 @@ from typing import Any
 from torch import nn
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights, read_config, save_weights
+from .ema import EMA
 from .nets import ClassifierConfig, NoiseClassifier, UNet, UNetConfig, classifier_config, unet_config
-from .training.ema import EMA
 
 __all__ = ["build_model", "model_from_config", "export_model", "load_model", "write_model_card"]
 
@@ -95,6 +95,10 @@ def load_model(path: str | Path, *, ema: bool = True) -> nn.Module:
             averaged.copy_to(net)
         meta = {"kind": config["kind"], "model": config["model"], "train": config, "step": meta["step"]}
     net.meta = meta  # type: ignore[assignment]  # a plain dict attribute, not a Tensor/Module
+    if hasattr(net, "train_schedule"):  # network protocol: the schedule it was trained with
+        from .schedule import get_schedule
+
+        net.train_schedule = get_schedule(meta.get("train", {}).get("schedule", "continuous"))  # type: ignore[assignment]
     return net.eval()
 
 

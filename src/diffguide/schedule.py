@@ -18,6 +18,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
+from .validate import positive_int
+
 __all__ = [
     "alpha_sigma",
     "ContinuousSchedule",
@@ -73,9 +75,7 @@ class Schedule(Protocol):
 
 
 def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return steps
+    return positive_int(steps, "steps")
 
 
 @dataclass(frozen=True)

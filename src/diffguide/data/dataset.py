@@ -14,6 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..images import from_uint8
+from ..validate import optional_positive_int, positive_int
+from .labels import check_labels
+
 __all__ = ["ImageData", "load_data", "check_batch_size"]
 
 _MNIST_SPECS = {"mnist": "train", "mnist:train": "train", "mnist:test": "test"}
@@ -54,8 +58,7 @@ class ImageData:
             )
         if c.shape[0] != x.shape[0]:
             raise ValueError(f"{self.name}: {x.shape[0]} images but {c.shape[0]} labels")
-        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-            raise ValueError(f"{self.name}: num_classes must be a positive integer, got {K!r}")
+        positive_int(K, f"{self.name}: num_classes")
         names = tuple(str(n) for n in self.class_names)
         if len(names) != K:
             raise ValueError(f"{self.name}: {len(names)} class names for num_classes={K}")
@@ -84,22 +87,9 @@ class ImageData:
         )
 
 
-def check_labels(labels: Tensor, num_classes: int, source: str) -> None:
-    """Raise a ``ValueError`` naming ``source`` and the first offending label unless every label
-    lies in ``[0, num_classes)``."""
-    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
-    if bad.numel():
-        i = int(bad[0])
-        raise ValueError(
-            f"{source}: label {int(labels[i])} at index {i} is out of range; labels must be integers in "
-            f"[0, {num_classes}) ({bad.numel()} out of range)"
-        )
-
-
 def check_batch_size(data: ImageData, batch_size: int) -> None:
     """Raise a ``ValueError`` unless ``batch_size`` is a positive integer no larger than ``len(data)``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     if batch_size > len(data):
         raise ValueError(
             f"batch_size {batch_size} exceeds the {len(data)} images in {data.name}; "
@@ -124,9 +114,7 @@ def load_data(spec: str | os.PathLike[str], *, image_size: int | None = None, ch
     by default images keep their size, which must be square and common to all.
     A built-in name wins over a folder of that name in the working directory (write ``./mnist``).
     """
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
-        raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+    optional_positive_int(image_size, "image_size")
     if channels not in (None, 1, 3) or isinstance(channels, bool):
         raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
     if not isinstance(spec, (str, os.PathLike)):
@@ -138,7 +126,7 @@ def load_data(spec: str | os.PathLike[str], *, image_size: int | None = None, ch
 
         split = _MNIST_SPECS[spec]
         images, labels = load_mnist(split)
-        x = _from_uint8(images)
+        x = from_uint8(images)
         name = f"mnist:{split}"
         return _finish(x, labels, tuple(str(k) for k in range(10)), name, image_size, channels)
     if spec.startswith("mnist:"):
@@ -149,7 +137,7 @@ def load_data(spec: str | os.PathLike[str], *, image_size: int | None = None, ch
         from .folder import read_image_folder
 
         images, labels, class_names = read_image_folder(path, image_size=image_size, channels=channels)
-        return ImageData(_from_uint8(images), labels, len(class_names), class_names, spec)
+        return ImageData(from_uint8(images), labels, len(class_names), class_names, spec)
     if path.is_file():
         if path.suffix.lower() != ".npz":
             raise ValueError(f"{path} is a file but not a .npz; expected a .npz file or a folder of class "
@@ -164,11 +152,6 @@ def load_data(spec: str | os.PathLike[str], *, image_size: int | None = None, ch
         f"unknown data spec {spec!r} (and no file or folder of that name); expected 'mnist', "
         "'mnist:train', 'mnist:test', a folder of class sub-folders or a .npz file"
     )
-
-
-def _from_uint8(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1] (0 -> -1, 255 -> 1 exactly)."""
-    return images.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def _finish(x: Tensor, labels: Tensor, class_names: tuple[str, ...], name: str,

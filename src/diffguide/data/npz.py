@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .dataset import check_labels
+from ..images import from_uint8
+from .labels import check_labels
 
 __all__ = ["read_npz"]
 
@@ -92,7 +93,7 @@ def _images(a: np.ndarray, path: Path) -> Tensor:
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 255:
             raise ValueError(f"{path}: integer images must lie in [0, 255], found values in [{lo}, {hi}]")
-        return x.to(torch.float32).div_(127.5).sub_(1.0).contiguous()
+        return from_uint8(x).contiguous()
     if kind != "f":
         raise ValueError(f"{path}: images must be integer (uint8 in [0, 255]) or float ([0, 1] or [-1, 1]), "
                          f"got dtype {a.dtype}")

@@ -21,7 +21,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..fileio import atomic_path, atomic_write_text
+from ..images import from_uint8
 
 __all__ = ["MNISTEvaluator", "accuracy", "load_evaluator", "train_evaluator", "WEIGHTS_FILE", "CARD_FILE"]
 
@@ -76,11 +78,6 @@ class MNISTEvaluator(nn.Module):
         return self.forward(x).softmax(-1)
 
 
-def _to_unit(images: Tensor) -> Tensor:
-    """uint8 ``[0, 255]`` -> float ``[-1, 1]`` as ``x / 127.5 - 1``."""
-    return images.float() / 127.5 - 1.0
-
-
 def _random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
     """Translate each image by an independent integer shift in ``[-max_shift, max_shift]`` pixels,
     filling with black (-1). ``x``: ``(B, 1, H, W)`` in [-1, 1]."""
@@ -99,7 +96,7 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     model.eval()
     correct = 0
     for i in range(0, len(images), batch_size):
-        correct += int((model(_to_unit(images[i:i + batch_size])).argmax(-1) == labels[i:i + batch_size]).sum())
+        correct += int((model(from_uint8(images[i:i + batch_size])).argmax(-1) == labels[i:i + batch_size]).sum())
     model.train(was_training)
     return correct / len(images)
 
@@ -116,7 +113,7 @@ def train_evaluator(epochs: int = 4, batch_size: int = 128, lr: float = 3e-3, se
     g = torch.Generator().manual_seed(seed)
     x_train, y_train = load_mnist("train")
     x_test, y_test = load_mnist("test")
-    x_train = _to_unit(x_train)
+    x_train = from_uint8(x_train)
 
     model = MNISTEvaluator()
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # faster oneDNN convs on CPU
@@ -175,18 +172,6 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shipped asset must be world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m diffguide.metrics.evaluator``: train, then write weights + JSON model card."""
     from safetensors.torch import save_file
@@ -210,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = out_dir / WEIGHTS_FILE
-    _atomic_write(weights, lambda f: save_file(state, f, metadata={"name": MNISTEvaluator.name}))
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"name": MNISTEvaluator.name})
     card = {
         "name": MNISTEvaluator.name,
         "purpose": "domain evaluator for MNIST sample metrics (FID/precision/recall on 128-d features, IS, "
@@ -235,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         "python_version": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    _atomic_write(out_dir / CARD_FILE, lambda f: Path(f).write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write_text(out_dir / CARD_FILE, json.dumps(card, indent=2) + "\n")
     print(f"test accuracy {acc:.4f}, {wall:.0f} s; wrote {weights} and {out_dir / CARD_FILE}")
 
 

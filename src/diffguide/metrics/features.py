@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..images import from_uint8
+
 __all__ = ["FeatureNet", "InceptionFeatures", "extract", "inception_weights_path", "tf_bilinear_resize"]
 
 
@@ -76,7 +78,7 @@ def extract(net: FeatureNet, images: Tensor | np.ndarray | Iterable[Tensor], bat
     for x in batches:
         if x.ndim != 4:
             raise ValueError(f"images must be (N, C, H, W), got a batch of shape {tuple(x.shape)}")
-        x = x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+        x = from_uint8(x) if x.dtype == torch.uint8 else x.float()
         out.append(fn(x.to(device)).double().cpu())
     if not out:
         raise ValueError("no images given")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..fileio import atomic_path
+from ..images import from_uint8
 from .features import FeatureNet, _check_eval, _device_of
 
 __all__ = ["ReferenceStats", "cache_path", "mnist_reference_stats", "reference_stats", "resolve_cache_dir",
@@ -87,7 +88,7 @@ def _compute(net: FeatureNet, images: ImagesLike, max_features: int, batch_size:
 
     def feats(i: int) -> Tensor:
         x = x_all[i:i + batch_size]
-        x = x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+        x = from_uint8(x) if x.dtype == torch.uint8 else x.float()
         return net.features(x.to(device)).double().cpu()
 
     f = feats(0)
@@ -109,14 +110,8 @@ def _compute(net: FeatureNet, images: ImagesLike, max_features: int, batch_size:
 
 def _save(path: Path, stats: ReferenceStats) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=stats.mu, sigma=stats.sigma, features=stats.features, n=np.int64(stats.n))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mu=stats.mu, sigma=stats.sigma, features=stats.features, n=np.int64(stats.n))
 
 
 def _load(path: Path) -> ReferenceStats | None:

@@ -15,6 +15,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ..validate import is_positive_int
+
 __all__ = ["TrainConfig", "load_config", "parse_duration", "MIN_TIME_BUDGET_S"]
 
 MIN_TIME_BUDGET_S = 10.0  # below this not even one step and a checkpoint fit reliably
@@ -66,11 +68,9 @@ class TrainConfig:
         if self.task not in ("diffusion", "classifier"):
             raise bad("task", "'diffusion' or 'classifier'")
         for name in ("batch_size", "log_every", "ckpt_every", "keep"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_positive_int(getattr(self, name)):
                 raise bad(name, "a positive integer")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or self.steps < 1):
+        if self.steps is not None and not is_positive_int(self.steps):
             raise bad("steps", "a positive integer or None")
         if self.steps is None and self.time_budget is None:
             raise ValueError("give a step count (steps) or a wall-clock budget (time_budget), or both")

@@ -22,10 +22,10 @@ from torch.profiler import record_function
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import Batches, ImageData, check_batch_size, load_data
+from ..ema import EMA
 from ..models import build_model
 from ..schedule import get_schedule
 from .config import TrainConfig
-from .ema import EMA
 from .losses import ClassifierLoss, DiffusionLoss
 
 __all__ = ["train", "TrainingDiverged", "resolve_device", "resolve_precision", "cpu_has_native_bf16"]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffguide.checkpoint import unwrap_module
+from .checkpoint import unwrap_module
 
 __all__ = ["EMA"]
 

@@ -2,13 +2,13 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats
 
 from diffguide.guidance import guided
 from diffguide.noise import PerSampleNoise, sample_seeds
+from diffguide.prediction import Prediction
 from diffguide.samplers import ddim, ddpm, get_sampler
 from diffguide.schedule import ContinuousSchedule, DiscreteSchedule
 
@@ -44,7 +44,7 @@ def run(gmm, sampler, c: int, n: int = N, steps: int = 250, seed: int = 0, w=0.0
         return torch.randn(n, 2, generator=gen, dtype=torch.float64)
 
     eps_fn = guided(gmm, labels, w, **kw.pop("guide", {}))
-    return sampler(eps_fn, noise(), SCHED.grid(steps), noise=noise, **eps_fn.sampler_kwargs(), **kw)
+    return sampler(eps_fn, noise(), SCHED.grid(steps), noise=noise, **kw)
 
 
 @pytest.mark.parametrize("c", [0, 2])
@@ -156,8 +156,52 @@ def test_samplers_reject_bad_input(gmm):
         ddim(eps_fn, torch.randn(3, 2), SCHED.grid(5))
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         get_sampler("euler")
-    with pytest.raises(ValueError, match=r"eps_fn returned shape \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"the model's eps has shape \(4, 3\), expected \(4, 2\)"):
         ddim(lambda z, lam: torch.zeros(4, 3), z, SCHED.grid(5))
+    with pytest.raises(ValueError, match=r"the model's mean_grad has shape \(4, 1\), expected \(4, 2\)"):
+        ddpm(lambda z, lam: Prediction(torch.zeros_like(z), mean_grad=torch.zeros(4, 1)), z, SCHED.grid(5))
+    with pytest.raises(ValueError, match=r"noise\(\) returned shape \(4, 5\), expected \(4, 2\)"):
+        ddpm(eps_fn, z, SCHED.grid(5), noise=lambda: torch.zeros(4, 5))
+
+
+def test_no_sampler_drops_guidance_silently(gmm):
+    # A field of the Prediction that a sampler cannot honour raises instead of being ignored.
+    labels = torch.zeros(4, dtype=torch.long)
+    z = torch.randn(4, 2, dtype=torch.float64)
+    mean_cg = guided(gmm, labels, classifier=gmm.as_classifier(), cg_scale=2.0, cg_form="mean")
+    with pytest.raises(ValueError, match="ddim sampler cannot honour a DDPM mean shift"):
+        ddim(mean_cg, z, SCHED.grid(5))
+    with pytest.raises(ValueError, match="ddpm sampler cannot honour a re-noise eps"):
+        ddpm(guided(gmm, labels, scale=0.6, rule="cfgpp"), z, SCHED.grid(5))
+    # ... and the mean shift does reach DDPM: guided and unguided samples differ
+    noise = PerSampleNoise(range(4), (2,), dtype=torch.float64)
+    unguided = ddpm(guided(gmm, labels), noise(), SCHED.grid(5), noise=noise)
+    noise = PerSampleNoise(range(4), (2,), dtype=torch.float64)
+    shifted = ddpm(mean_cg, noise(), SCHED.grid(5), noise=noise)
+    assert (shifted - unguided).abs().max() > 1e-3
+
+
+def test_held_steps_leave_z_unchanged(gmm):
+    # Prediction.hold: the step is a no-op; a sampler holding its first k steps equals one started k steps later.
+    labels = torch.zeros(4, dtype=torch.long)
+    z = torch.randn(4, 2, dtype=torch.float64)
+    grid = SCHED.grid(10)
+    eps_fn = guided(gmm, labels, 1.0)
+    calls = []
+
+    def held(z_, lam):
+        calls.append(1)
+        return Prediction(torch.full_like(z_, math.nan), hold=True) if len(calls) <= 2 else eps_fn(z_, lam)
+
+    for sampler in (ddim, ddpm):
+        calls.clear()
+        noise = PerSampleNoise(range(4), (2,), dtype=torch.float64)
+        a = sampler(held, z, grid, noise=noise)
+        noise = PerSampleNoise(range(4), (2,), dtype=torch.float64)
+        b = sampler(eps_fn, z, grid[2:], noise=noise)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="held the final step"):
+        ddim(lambda z_, lam: Prediction(z_, hold=True), z, grid)
 
 
 def test_ks_helper_can_fail(gmm):
@@ -165,4 +209,3 @@ def test_ks_helper_can_fail(gmm):
     x, _ = gmm.sample(N, 1, generator=0)
     with pytest.raises(AssertionError):
         assert_follows(gmm, x, 0)
-    np.testing.assert_(True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from diffguide.api import Pipeline
 from diffguide.cli import cli
 from diffguide.data.mnist import load_mnist
 from diffguide.experiments import Setting, evaluate_samples, grid_settings, read_rows, run_sweep
+from diffguide.images import to_uint8
 from diffguide.metrics import FeatureNet, ReferenceStats, reference_stats
 from diffguide.models import build_model
 
@@ -138,7 +141,7 @@ def test_sweep_rows_files_seeds_and_resume(pipe: Pipeline, evaluator: StandIn, r
 
     # ... and w = 0 is w = 0: in one batch, and in another sweep that runs it second
     x = pipe.sample(torch.arange(N) % 10, 0.0, sampler="ddpm", steps=STEPS, seed=0, batch_size=N)
-    np.testing.assert_array_equal(w0, ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(w0, to_uint8(x))
     _sweep(pipe, tmp_path / "other", [Setting(2), Setting(0)], evaluator, reference)
     np.testing.assert_array_equal(_images(tmp_path / "other/samples/w0.npz"), w0)
     np.testing.assert_array_equal(_images(tmp_path / "other/samples/w2.npz"), w2)
@@ -182,14 +185,30 @@ def test_sweep_rows_files_seeds_and_resume(pipe: Pipeline, evaluator: StandIn, r
 
 def test_markdown_table_marks_the_best() -> None:
     rows = [{"tag": "w0", "method": "cfg", "w": 0.0, "cg_scale": 0.0, "n": 8, "fid": 3.0, "is_mean": 8.0,
-             "is_std": 0.1, "precision": 0.7, "recall": 0.8, "accuracy": 0.9, "sample_seconds": 12.4},
+             "is_std": 0.1, "precision": 0.7, "recall": 0.8, "accuracy": 0.9, "nfe": 50, "sample_seconds": 12.4},
             {"tag": "w0_cg3", "method": "cfg+cg", "w": 0.0, "cg_scale": 3.0, "n": 8, "fid": 1.5, "is_mean": 9.5,
              "is_std": 0.2, "precision": 0.9, "recall": 0.6, "accuracy": 1.0}]
     lines = sweep_mod.markdown_table(rows).splitlines()
-    assert lines[2] == "| w0 | cfg | 0 | 0 | 8 | 0.900 | 3.00 | 8.00 ± 0.10 | 0.700 | 0.800 | 12 |"
-    assert lines[3] == "| w0_cg3 | cfg+cg | 0 | 3 | 8 | **1.000** | **1.50** | **9.50 ± 0.20** | 0.900 | 0.600 | - |"
+    assert lines[2] == "| w0 | cfg | 0 | 0 | 8 | 0.900 | 3.00 | 8.00 ± 0.10 | 0.700 | 0.800 | 50 | 12 |"
+    assert lines[3] == ("| w0_cg3 | cfg+cg | 0 | 3 | 8 | **1.000** | **1.50** | **9.50 ± 0.20** | 0.900 | 0.600 "
+                        "| - | - |")
     with pytest.raises(ValueError, match="no rows"):
         sweep_mod.markdown_table([])
+
+
+def test_result_files_get_the_usual_mode(tmp_path: Path) -> None:
+    """Tables and samples are written with 0o666 masked by the umask (tempfile's 0600 was a bug)."""
+    umask = 0o002  # not the common 0o022, so a hard-coded 0o644 fails too
+    old = os.umask(umask)
+    try:
+        row = {"tag": "w0", "method": "cfg", "w": 0.0, "cg_scale": 0.0, "unconditional": False, "n": 2, "fid": 1.0}
+        sweep_mod._append_row(tmp_path / "results.jsonl", row)
+        sweep_mod._write_tables(tmp_path, [row])
+        sweep_mod._save_npz(tmp_path / "samples" / "w0.npz", np.zeros((2, 28, 28, 1), np.uint8), np.arange(2), {})
+    finally:
+        os.umask(old)
+    for name in ("results.jsonl", "results.json", "results.csv", "results.md", "samples/w0.npz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_bad_input(pipe: Pipeline, evaluator: StandIn, reference: ReferenceStats, tmp_path: Path) -> None:

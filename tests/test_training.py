@@ -11,6 +11,7 @@ import torch
 
 from diffguide.checkpoint import latest_checkpoint, load_checkpoint
 from diffguide.data import ImageData
+from diffguide.images import to_uint8
 from diffguide.models import build_model, load_model
 from diffguide.schedule import ContinuousSchedule
 from diffguide.training.config import TrainConfig, load_config, parse_duration
@@ -187,8 +188,7 @@ def _cli(*args, cwd):
 def test_cli_train_and_sample_end_to_end(tmp_path):
     data = tiny_data(n=32, size=8)
     import numpy as np
-    np.savez(tmp_path / "d.npz", images=((data.images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy(),
-             labels=data.labels.numpy())
+    np.savez(tmp_path / "d.npz", images=to_uint8(data.images)[..., 0], labels=data.labels.numpy())
     r = _cli("train", "--data", "d.npz", "--preset", "tiny", "--steps", "4", "--batch-size", "8",
              "--log-every", "3", "--out", "run", "--no-progress", "--export", "tiny.safetensors", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -231,7 +231,7 @@ def test_classifier_guidance_rejects_mismatched_networks():
     net = build_model("diffusion", "tiny", channels=1, image_size=8, num_classes=3).eval()
     wrong_size = build_model("classifier", "tiny", channels=1, image_size=16, num_classes=3).eval()
     wrong_classes = build_model("classifier", "tiny", channels=1, image_size=8, num_classes=5).eval()
-    with pytest.raises(ValueError, match="classifier expects 1x16px images but the model makes 1x8px"):
+    with pytest.raises(ValueError, match="classifier expects 1x16x16 samples but the model makes 1x8x8"):
         sample_images(net, [0, 1], classifier=wrong_size, cg_scale=1.0, steps=2)
     with pytest.raises(ValueError, match="classifier has 5 classes but the network has 3"):
         sample_images(net, [0, 1], classifier=wrong_classes, cg_scale=1.0, steps=2)
@@ -239,7 +239,7 @@ def test_classifier_guidance_rejects_mismatched_networks():
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="cg_scale = .* is invalid"):
             sample_images(net, [0, 1], classifier=ok, cg_scale=bad, steps=2)
-    with pytest.raises(ValueError, match="needs sampler='ddpm'"):
+    with pytest.raises(ValueError, match="ddim sampler cannot honour a DDPM mean shift"):
         sample_images(net, [0, 1], classifier=ok, cg_scale=1.0, cg_form="mean", sampler="ddim", steps=2)
     x = sample_images(net, [0, 1, 2], classifier=ok, cg_scale=2.0, sampler="ddpm", steps=3)
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()

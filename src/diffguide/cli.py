@@ -121,10 +121,102 @@ def export(checkpoint: str, out: str) -> None:
     click.echo(str(export_model(checkpoint, out)))
 
 
+# ----------------------------------------------------------------------------------------- guidance
+def _guidance_options(fn: Any) -> Any:
+    opts = [
+        click.option("--guidance", "method", type=click.Choice(["cfg", "rescale", "interval", "apg", "cfgpp",
+                                                                 "cfg-zero"]), default="cfg", show_default=True,
+                     help="cfg: plain CFG; rescale: CFG + rescale (--phi, default 0.7; Lin et al. 2023); interval: "
+                          "CFG only inside --interval (default: the paper's sigma 0.28..1.61); apg: adaptive "
+                          "projected guidance (--apg-*; Sadat et al. 2025); cfgpp: CFG++, give its lambda in [0, 1] "
+                          "as --scale (Chung et al. 2025); cfg-zero: CFG-Zero* (--zero-init; Fan et al. 2025)."),
+        click.option("--phi", type=float, help="Guidance rescale phi in [0, 1] (0 = off), with any --guidance."),
+        click.option("--interval", "interval_text",
+                     help="Guide only for lam in LO,HI (log-SNR), with any --guidance; one forward outside."),
+        click.option("--interval-sigma", "interval_sigma_text",
+                     help="The guidance interval as EDM sigma = exp(-lam/2) bounds LO,HI."),
+        click.option("--w-schedule", type=click.Choice(["constant", "linear", "cosine"]), default="constant",
+                     show_default=True, help="Strength schedule g(lam) * w: linear 2 alpha^2, cosine "
+                                             "1 + cos(pi sigma^2) (mean 1; after Wang et al. 2024)."),
+        click.option("--threshold", type=float,
+                     help="Dynamic thresholding of x0 at this percentile in (0, 1), e.g. 0.995 (Imagen)."),
+        click.option("--apg-beta", type=float, default=-0.5, show_default=True,
+                     help="APG momentum beta, |beta| < 1 (the paper: negative)."),
+        click.option("--apg-r", type=float, default=15.0, show_default=True,
+                     help="APG norm threshold r > 0 on x0_c - x0_u ('inf' = none)."),
+        click.option("--apg-eta", type=float, default=0.0, show_default=True,
+                     help="APG weight of the parallel component (0 = dropped, 1 with r=inf, beta=0 = CFG)."),
+        click.option("--zero-init", type=int, default=1, show_default=True,
+                     help="CFG-Zero*: first steps held (no forward, z unchanged; the eps-model analogue)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _pair(text: str, name: str) -> tuple[float, float]:
+    values = parse_floats(text, name)
+    if len(values) != 2:
+        raise click.BadParameter(f"{text!r}: expected two numbers LO,HI", param_hint=name)
+    return values[0], values[1]
+
+
+def guidance_spec(method: str, phi: float | None, interval_text: str | None, interval_sigma_text: str | None,
+                  w_schedule: str, threshold: float | None, apg_beta: float, apg_r: float, apg_eta: float,
+                  zero_init: int) -> Any:
+    """The :class:`~diffguide.guidance.GuidanceSpec` of the guidance options."""
+    from .guidance import GuidanceSpec, Interval
+
+    if interval_text and interval_sigma_text:
+        raise click.BadParameter("give --interval or --interval-sigma, not both", param_hint="--interval")
+    params: dict[str, Any] = {"w_schedule": w_schedule, "threshold": threshold, "beta": apg_beta, "r": apg_r,
+                              "eta": apg_eta, "zero_init": zero_init}
+    if phi is not None:
+        params["phi"] = phi
+    if interval_text:
+        params["interval"] = _pair(interval_text, "--interval")
+    elif interval_sigma_text:
+        iv = Interval.from_sigma(*_pair(interval_sigma_text, "--interval-sigma"))
+        params["interval"] = (iv.lo, iv.hi)
+    return GuidanceSpec.method(method, **params)
+
+
+def strengths(w_text: str | None, scale_text: str | None, default: str) -> list[float]:
+    """The CFG paper's ``w`` values from ``--w`` or ``--scale`` (``s = 1 + w``; not both)."""
+    if w_text is not None and scale_text is not None:
+        raise click.BadParameter("give --w or --scale, not both (scale = 1 + w)", param_hint="--scale")
+    if scale_text is not None:
+        from .guidance import w_from_scale
+
+        return [float(w_from_scale(s)) for s in parse_floats(scale_text, "--scale")]
+    return parse_floats(default if w_text is None else w_text, "--w")
+
+
+def sampler_extra(sampler: str, eta: float | None, v: float | None) -> dict[str, Any]:
+    """``eta`` for DDIM, ``v`` for DDPM; the one that does not apply is refused, not ignored."""
+    if eta is not None and sampler != "ddim":
+        raise click.BadParameter(f"--eta applies to --sampler ddim only, not {sampler}", param_hint="--eta")
+    if v is not None and sampler != "ddpm":
+        raise click.BadParameter(f"--v applies to --sampler ddpm only, not {sampler}", param_hint="--v")
+    return {"eta": eta or 0.0} if sampler == "ddim" else {"v": v or 0.0}
+
+
+_GUIDANCE_KEYS = ("method", "phi", "interval_text", "interval_sigma_text", "w_schedule", "threshold", "apg_beta",
+                  "apg_r", "apg_eta", "zero_init")
+
+
+def _pop_spec(kw: dict[str, Any]) -> Any:
+    return guidance_spec(**{k: kw.pop(k) for k in _GUIDANCE_KEYS})
+
+
 # ----------------------------------------------------------------------------------------- sampling
 def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float], labels: list[int], n: int,
-                 **kw: Any) -> list[Path]:
-    """One PNG grid (rows = classes) and one .npz per (w, cg_scale) setting."""
+                 guidance: Any = None, **kw: Any) -> list[Path]:
+    """One PNG grid (rows = classes) and one .npz per (w, cg_scale) setting, with the guidance method
+    ``guidance`` (a :class:`~diffguide.guidance.GuidanceSpec`; plain CFG if ``None``)."""
+    from .guidance import GuidanceSpec
+
+    spec = guidance or GuidanceSpec()
     from .images import save_grid, save_samples
 
     per = max(1, n // len(labels))
@@ -135,8 +227,9 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
     for w in ws:
         for s in cg_scales:
             t0 = time.time()
-            x = pipe.sample(y, w, cg_scale=s, **kw)
+            x = pipe.sample(y, w, cg_scale=s, **spec.kwargs(), **kw)
             tag = ("uncond" if kw.get("unconditional") else f"w{w:g}") + (f"_cg{s:g}" if s else "")
+            tag = tag if spec.is_plain else f"{spec.tag}_{tag}"
             written.append(save_grid(x, out / f"{tag}.png", nrow=per))
             save_samples(out / f"{tag}.npz", x, y, w=w, cg_scale=s)
             click.echo(f"{tag}: {len(y)} samples in {time.time() - t0:.1f} s -> {out / (tag + '.png')}")
@@ -147,7 +240,9 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 @click.option("--checkpoint", default="mnist", show_default=True,
               help="'mnist' (shipped), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
-@click.option("--w", "w_text", default="0,1,3", show_default=True, help="CFG weights w (the CFG paper's).")
+@click.option("--w", "w_text", help="Guidance weights w, the CFG paper's (0 = conditional model). [default: 0,1,3]")
+@click.option("--scale", "scale_text", help="Guidance scales s = 1 + w (diffusers' guidance_scale), instead of --w.")
+@_guidance_options
 @click.option("--cg-scale", "cg_text", default="0", show_default=True, help="Classifier-guidance scales s.")
 @click.option("--cg-form", type=click.Choice(["auto", "score", "mean"]), default="auto", show_default=True,
               help="score: eps - s sigma grad; mean: DDPM mean shift; auto: mean on ddpm.")
@@ -156,23 +251,26 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 @click.option("--n", default=100, show_default=True, help="Samples per setting (split evenly over labels).")
 @click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
 @click.option("--steps", default=50, show_default=True)
-@click.option("--eta", default=0.0, show_default=True, help="DDIM noise (0 = deterministic).")
-@click.option("--v", default=0.0, show_default=True, help="DDPM variance interpolation (CFG paper Alg. 2).")
+@click.option("--eta", type=float, help="DDIM noise (0 = deterministic; ddim only).  [default: 0]")
+@click.option("--v", type=float, help="DDPM variance interpolation (CFG paper Alg. 2; ddpm only).  [default: 0]")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=500, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default="out/samples", show_default=True, type=click.Path(file_okay=False))
-def sample(checkpoint: str, classifier: str | None, w_text: str, cg_text: str, labels: str, out: str,
-           **kw: Any) -> None:
+def sample(checkpoint: str, classifier: str | None, w_text: str | None, scale_text: str | None, cg_text: str,
+           labels: str, out: str, eta: float | None, v: float | None, **kw: Any) -> None:
     """Sample a model at several guidance settings: a PNG grid and an .npz per setting."""
     from .api import load
 
+    spec = _pop_spec(kw)
+    ws = strengths(w_text, scale_text, "0,1,3")
+    extra = sampler_extra(kw["sampler"], eta, v)
     pipe = load(checkpoint, classifier=classifier, device=kw.pop("device"))
     cg_scales = parse_floats(cg_text, "--cg-scale")
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
-    sample_grids(pipe, Path(out), ws=parse_floats(w_text, "--w"), cg_scales=cg_scales,
-                 labels=parse_labels(labels, pipe.num_classes), **kw)
+    sample_grids(pipe, Path(out), ws=ws, cg_scales=cg_scales, labels=parse_labels(labels, pipe.num_classes),
+                 guidance=spec, **extra, **kw)
 
 
 @cli.command()
@@ -219,8 +317,10 @@ def demo_gmm(out: str) -> None:
 @click.option("--checkpoint", default="mnist", show_default=True,
               help="'mnist' (shipped), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
-@click.option("--w", "w_text", default="0,0.1,0.2,0.3,0.5,1,2,3,4", show_default=True,
-              help="CFG weights w (the CFG paper's); each is run without classifier guidance.")
+@click.option("--w", "w_text", help="Guidance weights w (the CFG paper's); each is run with --guidance and no "
+                                    "classifier guidance.  [default: 0,0.1,0.2,0.3,0.5,1,2,3,4]")
+@click.option("--scale", "scale_text", help="Guidance scales s = 1 + w instead of --w (CFG++: its lambda).")
+@_guidance_options
 @click.option("--cg-scale", "cg_text", default="0", show_default=True,
               help="Classifier-guidance scales s; each nonzero s is run on the conditional model at w = 0.")
 @click.option("--unconditional", is_flag=True,
@@ -228,8 +328,8 @@ def demo_gmm(out: str) -> None:
 @click.option("--n", default=10_000, show_default=True, help="Samples per setting (labels i mod K, balanced).")
 @click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddpm", show_default=True)
 @click.option("--steps", default=256, show_default=True)
-@click.option("--eta", default=0.0, show_default=True, help="DDIM noise (0 = deterministic).")
-@click.option("--v", default=0.0, show_default=True, help="DDPM variance interpolation (CFG paper Alg. 2).")
+@click.option("--eta", type=float, help="DDIM noise (0 = deterministic; ddim only).  [default: 0]")
+@click.option("--v", type=float, help="DDPM variance interpolation (CFG paper Alg. 2; ddpm only).  [default: 0]")
 @click.option("--cg-form", type=click.Choice(["auto", "score", "mean"]), default="auto", show_default=True,
               help="score: eps - s sigma grad; mean: DDPM mean shift; auto: mean on ddpm.")
 @click.option("--seed", default=0, show_default=True, help="Sample i uses seed (seed, i) in every setting.")
@@ -240,8 +340,9 @@ def demo_gmm(out: str) -> None:
 @click.option("--out", default="out/sweep", show_default=True, type=click.Path(file_okay=False))
 @click.option("--no-plot", is_flag=True, help="Skip sweep.png.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def sweep(checkpoint: str, classifier: str | None, w_text: str, cg_text: str, unconditional: bool, n: int,
-          evaluator_path: str | None, device: str, out: str, no_plot: bool, no_progress: bool, **kw: Any) -> None:
+def sweep(checkpoint: str, classifier: str | None, w_text: str | None, scale_text: str | None, cg_text: str,
+          unconditional: bool, n: int, evaluator_path: str | None, device: str, out: str, no_plot: bool,
+          no_progress: bool, eta: float | None, v: float | None, **kw: Any) -> None:
     """Sample and score a model over guidance settings: FID, IS, precision/recall, class accuracy.
 
     Settings: every --w with CFG alone (tag w<w>), then every nonzero --cg-scale s on the
@@ -253,8 +354,11 @@ def sweep(checkpoint: str, classifier: str | None, w_text: str, cg_text: str, un
     from .api import load
     from .experiments.sweep import grid_settings, run_sweep
 
+    spec = _pop_spec(kw)
+    sampler_extra(kw["sampler"], eta, v)
     cg_scales = parse_floats(cg_text, "--cg-scale")
-    settings = grid_settings(parse_floats(w_text, "--w"), cg_scales, unconditional)
+    settings = grid_settings(strengths(w_text, scale_text, "0,0.1,0.2,0.3,0.5,1,2,3,4"), cg_scales, unconditional,
+                             guidance=spec)
     pipe = load(checkpoint, classifier=classifier, device=device)
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
@@ -264,11 +368,13 @@ def sweep(checkpoint: str, classifier: str | None, w_text: str, cg_text: str, un
 
         evaluator = load_evaluator(evaluator_path, device=device)
     rows = run_sweep(pipe, settings, n=n, out=Path(out), evaluator=evaluator, progress=not no_progress,
-                     plot=not no_plot, **kw)
-    click.echo(f"{'setting':<14}{'FID':>9}{'IS':>14}{'prec':>7}{'recall':>7}{'acc':>7}")
+                     plot=not no_plot, eta=eta or 0.0, v=v or 0.0, **kw)
+    width = max(14, *(len(r["tag"]) + 2 for r in rows))
+    click.echo(f"{'setting':<{width}}{'FID':>9}{'IS':>14}{'prec':>7}{'recall':>7}{'acc':>7}{'NFE':>6}")
     for r in rows:
-        click.echo(f"{r['tag']:<14}{r['fid']:>9.3f}{r['is_mean']:>8.3f}±{r['is_std']:<5.3f}"
-                   f"{r['precision']:>7.3f}{r['recall']:>7.3f}{r['accuracy']:>7.3f}")
+        nfe = f"{r['nfe']:>6g}" if r.get("nfe") is not None else f"{'-':>6}"
+        click.echo(f"{r['tag']:<{width}}{r['fid']:>9.3f}{r['is_mean']:>8.3f}±{r['is_std']:<5.3f}"
+                   f"{r['precision']:>7.3f}{r['recall']:>7.3f}{r['accuracy']:>7.3f}{nfe}")
     plot = "" if no_plot else f", plot: {Path(out) / 'sweep.png'}"
     click.echo(f"results: {Path(out) / 'results.csv'} (and .md){plot}")
 

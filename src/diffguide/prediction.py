@@ -6,12 +6,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from .schedule import alpha_sigma
 
-__all__ = ["bcast", "x0_from_eps", "eps_from_x0", "score_from_eps", "eps_from_score", "v_from_eps",
-           "eps_from_v"]
+__all__ = ["Prediction", "bcast", "x0_of", "eps_of", "x0_from_eps", "eps_from_x0", "score_from_eps",
+           "eps_from_score", "v_from_eps", "eps_from_v"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a model function hands a sampler at one ``(z, lam)``; every sampler consumes it.
+
+    - ``eps``: the noise prediction to denoise with, ``x0 = (z - sigma eps) / alpha`` (shape of ``z``).
+    - ``eps_renoise``: the noise to re-noise with, if not ``eps`` (CFG++, Chung et al. 2024:
+      ``z' = alpha' x0 + sigma' eps_u``); only samplers with a deterministic direction term take it.
+    - ``mean_grad``: ``s * grad_z log p(c|z)``, the DDPM mean shift's direction (Dhariwal & Nichol
+      2021, Algorithm 1: ``mu + Sigma mean_grad``); only ancestral DDPM takes it.
+    - ``hold``: this step does not move ``z`` (CFG-Zero*'s zero-init, see
+      :mod:`diffguide.guidance.cfg_zero`).
+
+    A sampler that cannot honour a field that is set raises: guidance is never dropped silently.
+    """
+
+    eps: Tensor
+    eps_renoise: Tensor | None = None
+    mean_grad: Tensor | None = None
+    hold: bool = False
 
 
 def bcast(t: Tensor, like: Tensor) -> Tensor:
@@ -24,14 +47,22 @@ def _as(lam: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     return bcast(alpha, z), bcast(sigma, z)
 
 
-def x0_from_eps(z: Tensor, eps: Tensor, lam: Tensor) -> Tensor:
-    alpha, sigma = _as(lam, z)
+def x0_of(z: Tensor, eps: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+    """``x0 = (z - sigma eps) / alpha`` at given ``alpha, sigma`` (floats, or tensors broadcasting with ``z``)."""
     return (z - sigma * eps) / alpha
 
 
-def eps_from_x0(z: Tensor, x0: Tensor, lam: Tensor) -> Tensor:
-    alpha, sigma = _as(lam, z)
+def eps_of(z: Tensor, x0: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+    """``eps = (z - alpha x0) / sigma`` at given ``alpha, sigma``."""
     return (z - alpha * x0) / sigma
+
+
+def x0_from_eps(z: Tensor, eps: Tensor, lam: Tensor) -> Tensor:
+    return x0_of(z, eps, *_as(lam, z))
+
+
+def eps_from_x0(z: Tensor, x0: Tensor, lam: Tensor) -> Tensor:
+    return eps_of(z, x0, *_as(lam, z))
 
 
 def score_from_eps(eps: Tensor, lam: Tensor) -> Tensor:

@@ -20,7 +20,6 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -98,9 +97,8 @@ def _sample(gmm: GaussianMixture, c: Tensor, w: float, method: str, sampler: str
                         cg_form="mean" if sampler == "ddpm" else "score")
     noise = PerSampleNoise(seeds, (gmm.dim,))  # fresh per panel: the same z_T and step noise everywhere
     z = noise()
-    extra: dict[str, Any] = eps_fn.sampler_kwargs()  # DDPM's mean shift for cg_form="mean"
     sample = ddpm if sampler == "ddpm" else ddim
-    return sample(eps_fn, z, ContinuousSchedule().grid(steps), noise=noise, **extra)
+    return sample(eps_fn, z, ContinuousSchedule().grid(steps), noise=noise)
 
 
 def _hdr_levels(density: np.ndarray, masses: Sequence[float]) -> list[float]:

@@ -24,13 +24,11 @@ change (rows are kept per configuration; ``samples/<tag>.npz`` holds the latest 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -44,7 +42,9 @@ import torch
 from torch import Tensor
 
 from ..api import Pipeline
-from ..images import load_samples, save_grid
+from ..fileio import atomic_write_bytes, atomic_write_text
+from ..guidance.spec import GuidanceSpec
+from ..images import from_uint8, load_samples, save_grid, to_uint8
 from ..metrics import FeatureNet, ReferenceStats, mnist_reference_stats, sample_metrics, weights_hash
 
 __all__ = ["Setting", "run_sweep", "evaluate_samples", "default_evaluator", "grid_settings", "read_rows",
@@ -56,7 +56,7 @@ RESULTS = "results.jsonl"
 METRICS_VERSION = 2
 # Columns first in results.csv (others follow alphabetically).
 COLUMNS = ["tag", "method", "w", "cg_scale", "unconditional", "n", "fid", "is_mean", "is_std", "precision",
-           "recall", "accuracy", "sample_seconds", "metrics_seconds", "sampler", "steps", "seed"]
+           "recall", "accuracy", "nfe", "sample_seconds", "metrics_seconds", "sampler", "steps", "seed"]
 
 
 def _num(x: float) -> str:
@@ -67,13 +67,15 @@ def _num(x: float) -> str:
 
 @dataclass(frozen=True)
 class Setting:
-    """One guidance setting. ``w``: the CFG paper's weight (0 = the conditional model);
-    ``cg_scale``: classifier-guidance scale ``s`` (0 = off); ``unconditional``: sample the null
-    label (then ``w`` must be 0 and only classifier guidance steers)."""
+    """One guidance setting. ``w``: the CFG paper's weight (0 = the conditional model; for CFG++ its
+    lambda is ``1 + w``); ``cg_scale``: classifier-guidance scale ``s`` (0 = off); ``unconditional``:
+    sample the null label (then ``w`` must be 0 and only classifier guidance steers); ``guidance``:
+    the method (plain CFG by default)."""
 
     w: float
     cg_scale: float = 0.0
     unconditional: bool = False
+    guidance: GuidanceSpec = GuidanceSpec()
 
     def __post_init__(self) -> None:
         w, s = float(self.w) + 0.0, float(self.cg_scale) + 0.0  # + 0.0 turns -0.0 into 0.0
@@ -83,19 +85,32 @@ class Setting:
             raise ValueError(f"cg_scale must be a finite number >= 0, got {self.cg_scale!r}")
         if self.unconditional and w != 0:
             raise ValueError(f"an unconditional setting takes no CFG weight, got w={self.w!r}")
+        if not isinstance(self.guidance, GuidanceSpec):
+            raise TypeError(f"guidance must be a GuidanceSpec, got {type(self.guidance).__name__}")
+        self.guidance.make_rule().check(w)
         object.__setattr__(self, "w", w)
         object.__setattr__(self, "cg_scale", s)
         object.__setattr__(self, "unconditional", bool(self.unconditional))
 
+    def asdict(self) -> dict[str, Any]:
+        """JSON fields; ``guidance`` (only the fields that differ from plain CFG) only when not plain."""
+        d: dict[str, Any] = {"w": self.w, "cg_scale": self.cg_scale, "unconditional": self.unconditional}
+        if not self.guidance.is_plain:
+            d["guidance"] = self.guidance.asdict()
+        return d
+
     @property
     def tag(self) -> str:
-        """Stable file-name-safe name: ``w0.5``, ``w0_cg3``, ``uncond``, ``uncond_cg3``."""
+        """Stable file-name-safe name: ``w0.5``, ``w0_cg3``, ``uncond``, ``uncond_cg3``, ``apg-b-0.5-r15-e0_w2``."""
         base = "uncond" if self.unconditional else f"w{_num(self.w)}"
-        return base + (f"_cg{_num(self.cg_scale)}" if self.cg_scale else "")
+        base += f"_cg{_num(self.cg_scale)}" if self.cg_scale else ""
+        return base if self.guidance.is_plain else f"{self.guidance.tag}_{base}"
 
     @property
     def method(self) -> str:
-        """``cfg``, ``cg``, ``cfg+cg``, ``uncond`` or ``uncond+cg``."""
+        """``cfg``, ``cg``, ``cfg+cg``, ``uncond`` or ``uncond+cg``; another method's tag (``apg-...``)."""
+        if not self.guidance.is_plain:
+            return self.guidance.tag + ("+cg" if self.cg_scale else "")
         if self.unconditional:
             return "uncond+cg" if self.cg_scale else "uncond"
         if self.cg_scale:
@@ -104,12 +119,14 @@ class Setting:
 
 
 def grid_settings(ws: Iterable[float], cg_scales: Iterable[float] = (0.0,),
-                  unconditional: bool = False) -> list[Setting]:
-    """The CLI's settings: each ``w`` with CFG alone, then each nonzero ``cg_scale`` on the
-    conditional model at ``w = 0``; with ``unconditional``, also the null-label model at scale 0
-    and at each nonzero ``cg_scale`` (Dhariwal & Nichol, Table 4). Duplicates are dropped."""
+                  unconditional: bool = False, guidance: GuidanceSpec | None = None) -> list[Setting]:
+    """The CLI's settings: each ``w`` with the guidance method alone (plain CFG by default), then each
+    nonzero ``cg_scale`` on the conditional model at ``w = 0``; with ``unconditional``, also the
+    null-label model at scale 0 and at each nonzero ``cg_scale`` (Dhariwal & Nichol, Table 4).
+    Duplicates are dropped."""
     scales = [float(s) for s in cg_scales]
-    out = [Setting(w) for w in ws] + [Setting(0.0, s) for s in scales if s]
+    spec = guidance or GuidanceSpec()
+    out = [Setting(w, guidance=spec) for w in ws] + [Setting(0.0, s) for s in scales if s]
     if unconditional:
         out += [Setting(0.0, 0.0, True)] + [Setting(0.0, s, True) for s in scales if s]
     return list(dict.fromkeys(out))
@@ -154,28 +171,17 @@ def _evaluator_id(evaluator: FeatureNet) -> str:
 
 
 # ------------------------------------------------------------------------------------- files
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _save_npz(path: Path, images: np.ndarray, labels: np.ndarray, meta: dict[str, Any]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images, labels=labels.astype(np.int64), meta=np.asarray(json.dumps(meta)))
-    _atomic_bytes(path, buf.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_chunk(path: Path, key: dict[str, Any], labels: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """``(images uint8 NHWC, seconds)`` of the chunk at ``path`` if it was made with ``key`` for
-    ``labels``; None if it is missing or unreadable (make it again). A readable chunk of another
-    configuration is never overwritten: that raises, naming what differs."""
+def _load_chunk(path: Path, key: dict[str, Any], labels: np.ndarray) -> tuple[np.ndarray, float, float | None] | None:
+    """``(images uint8 NHWC, seconds, network evaluations per sample or None)`` of the chunk at ``path``
+    if it was made with ``key`` for ``labels``; None if it is missing or unreadable (make it again). A
+    readable chunk of another configuration is never overwritten: that raises, naming what differs."""
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
@@ -192,7 +198,8 @@ def _load_chunk(path: Path, key: dict[str, Any], labels: np.ndarray) -> tuple[np
                          f"--out, or delete {path.parent} to replace them")
     if images.dtype != np.uint8 or len(images) != len(labels):
         return None
-    return images, float(meta.get("seconds", 0.0))
+    nfe = meta.get("evaluations")
+    return images, float(meta.get("seconds", 0.0)), None if nfe is None else float(nfe)
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -225,8 +232,9 @@ def _append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def _order(row: dict[str, Any]) -> tuple[Any, ...]:
-    # CFG by w, then CG (conditional) by (w, s), then unconditional by s
-    return (bool(row["unconditional"]), bool(row["cg_scale"]), row["w"], row["cg_scale"])
+    # plain CFG by w, then CG (conditional) by (w, s), then unconditional by s; then other methods, each by w
+    method = json.dumps(row.get("guidance") or {}, sort_keys=True)
+    return (method != "{}", method, bool(row["unconditional"]), bool(row["cg_scale"]), row["w"], row["cg_scale"])
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -248,26 +256,27 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             text += f" ± {r['is_std']:.2f}"
         return f"**{text}**" if key in best and v == best[key] else text
 
-    lines = ["| setting | method | w | s | n | class accuracy | FID | IS | precision | recall | sampling s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | method | w | s | n | class accuracy | FID | IS | precision | recall | NFE | sampling s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["tag"], r["method"], f"{r['w']:g}", f"{r['cg_scale']:g}", str(r.get("n", "-")),
                  cell(r, "accuracy", ".3f"), cell(r, "fid", ".2f"), cell(r, "is_mean", ".2f"),
-                 cell(r, "precision", ".3f"), cell(r, "recall", ".3f"), cell(r, "sample_seconds", ".0f")]
+                 cell(r, "precision", ".3f"), cell(r, "recall", ".3f"), cell(r, "nfe", "g"),
+                 cell(r, "sample_seconds", ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
-    _atomic_bytes(out / "results.json", (json.dumps(rows, indent=1) + "\n").encode())
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
     cols += sorted({k for r in rows for k in r} - set(cols))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_bytes(out / "results.csv", buf.getvalue().encode())
-    _atomic_bytes(out / "results.md", markdown_table(rows).encode())
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "results.md", markdown_table(rows))
 
 
 def _grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 10) -> Path:
@@ -275,7 +284,7 @@ def _grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 1
     idx = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
     per = min(len(i) for i in idx)
     sel = np.concatenate([i[:per] for i in idx])
-    x = torch.from_numpy(images[sel]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = from_uint8(torch.from_numpy(images[sel]).permute(0, 3, 1, 2))
     return save_grid(x, path, nrow=per)
 
 
@@ -326,9 +335,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
     if (y < 0).any() or (y >= K).any():
         raise ValueError(f"labels must lie in [0, {K - 1}] for this {K}-class model")
     y_np = y.numpy()
-    cfg: Any = pipe.net.config
-    evaluator, reference = default_evaluator(evaluator, reference, (cfg.in_channels, cfg.image_size, cfg.image_size),
-                                             pipe.device)
+    evaluator, reference = default_evaluator(evaluator, reference, pipe.sample_shape, pipe.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -364,32 +371,39 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
                 if bar is not None:
                     bar.update(len(starts))
                 continue
-            key = {**sampling, "setting": dataclasses.asdict(s)}
-            parts, seconds = [], 0.0
+            key = {**sampling, "setting": s.asdict()}
+            parts, seconds, evaluations = [], 0.0, []
+            one_sampler = {"eta": eta} if sampler == "ddim" else {"v": v}  # the other does not apply
             for j, i in enumerate(starts):
                 path = out / "samples" / s.tag / f"chunk-{j:04d}.npz"
                 yc = y_np[i:i + chunk]
                 got = _load_chunk(path, {**key, "first_index": i}, yc)
                 if got is None:
                     t0 = time.perf_counter()
+                    count: dict[str, int] = {}
                     x = pipe.sample(y[i:i + chunk], s.w, cg_scale=s.cg_scale, unconditional=s.unconditional,
                                     sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, first_index=i,
-                                    eta=eta, v=v, cg_form=cg_form, clip_x0=clip_x0)
+                                    cg_form=cg_form, clip_x0=clip_x0, counter=count, **one_sampler,
+                                    **s.guidance.kwargs())
                     # uint8 NHWC: the metrics always see the stored images, resumed or not
-                    imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-                    got = (imgs, time.perf_counter() - t0)
-                    _save_npz(path, imgs, yc, {"key": {**key, "first_index": i}, "seconds": got[1]})
+                    imgs = to_uint8(x)
+                    nfe = count["evaluations"] / len(yc)
+                    got = (imgs, time.perf_counter() - t0, nfe)
+                    _save_npz(path, imgs, yc, {"key": {**key, "first_index": i}, "seconds": got[1],
+                                               "evaluations": nfe})
                 parts.append(got[0])
                 seconds += got[1]
+                evaluations.append(got[2])
                 if bar is not None:
                     bar.update(1)
             images = np.concatenate(parts)
             samples_path = out / "samples" / f"{s.tag}.npz"
-            _save_npz(samples_path, images, y_np, {"setting": dataclasses.asdict(s), **config})
+            _save_npz(samples_path, images, y_np, {"setting": s.asdict(), **config})
             grid_path = _grid(images, y_np, out / "grids" / f"{s.tag}.png")
             t0 = time.perf_counter()
             metrics = sample_metrics(evaluator, torch.from_numpy(images).permute(0, 3, 1, 2), reference, y)
-            row = {"tag": s.tag, "method": s.method, **dataclasses.asdict(s), **metrics,
+            nfe_mean = None if None in evaluations else round(float(np.mean(evaluations)), 3)  # type: ignore[arg-type]
+            row = {"tag": s.tag, "method": s.method, **s.asdict(), **metrics, "nfe": nfe_mean,
                    "sample_seconds": round(seconds, 3), "metrics_seconds": round(time.perf_counter() - t0, 3),
                    "grid": str(grid_path.relative_to(out)), "samples": str(samples_path.relative_to(out)),
                    **config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -1,8 +1,23 @@
-"""Guidance: pure functions of predictions, and one wrapper that makes a sampler's ``eps_fn``."""
+"""Guidance: pure rules on predictions, a forward engine, and :class:`Guidance`, which composes them
+into the model function every sampler consumes (see :mod:`diffguide.guidance.core` for the order)."""
 
-from .cfg import cfg, check_weight, w_from_scale
-from .classifier import cg_eps, classifier_grad
-from .guided import GuidedEps, check_labels, guided, null_condition
+from .apg import APG, apg_x0
+from .cfg import CFG, cfg, check_weight, composed, resolve_w, w_from_scale
+from .cfg_zero import CFGZeroStar, optimized_scale
+from .cfgpp import CFGPlusPlus
+from .classifier import ClassifierTerm, cg_eps, classifier_grad
+from .core import Guidance, GuidanceRun
+from .engine import MIN_ROWS, Engine, Request
+from .guided import RULES, check_labels, get_rule, guided, null_condition
+from .interval import Interval
+from .rescale import rescale, rescale_x0
+from .rule import Rule, Weight
+from .spec import METHODS, GuidanceSpec
+from .threshold import dynamic_threshold
+from .weight_schedule import SCHEDULES, get_w_schedule
 
-__all__ = ["cfg", "check_weight", "w_from_scale", "cg_eps", "classifier_grad", "GuidedEps", "guided",
-           "null_condition", "check_labels"]
+__all__ = ["APG", "apg_x0", "CFG", "cfg", "check_weight", "composed", "resolve_w", "w_from_scale", "CFGZeroStar",
+           "optimized_scale", "CFGPlusPlus", "ClassifierTerm", "cg_eps", "classifier_grad", "Guidance",
+           "GuidanceRun", "MIN_ROWS", "Engine", "Request", "RULES", "check_labels", "get_rule", "guided",
+           "null_condition", "Interval", "rescale", "rescale_x0", "Rule", "Weight", "dynamic_threshold",
+           "SCHEDULES", "get_w_schedule", "GuidanceSpec", "METHODS"]

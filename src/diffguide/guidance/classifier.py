@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from ..prediction import bcast
 from ..schedule import alpha_sigma
-from .cfg import Weight
+from .engine import pad_rows
+from .rule import Weight, wb
 
-__all__ = ["classifier_grad", "cg_eps"]
+__all__ = ["Classifier", "ClassifierTerm", "classifier_grad", "cg_eps"]
 
 Classifier = Callable[[Tensor, Tensor], Tensor]
 
 
 def classifier_grad(classifier: Classifier, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
-    """``grad_z log softmax(classifier(z, lam))[c]``, shape like ``z``, float32.
+    """``grad_z log softmax(classifier(z, lam))[c]``, shape and dtype of ``z`` (at least float32).
 
     Autograd is enabled only here (sampling otherwise runs under ``no_grad``) and no graph outlives
     the call. Each sample's gradient is its own as long as the classifier treats samples
     independently (GroupNorm, or BatchNorm in eval mode).
     """
+    dtype = torch.promote_types(z.dtype, torch.float32)
     with torch.enable_grad():
-        z_ = z.detach().float().requires_grad_(True)
-        logits = classifier(z_, lam)
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(1, c.reshape(-1, 1)).sum()
+        z_ = z.detach().to(dtype).requires_grad_(True)
+        logits = classifier(z_, lam.to(dtype))
+        logp = torch.log_softmax(logits.to(dtype), dim=-1).gather(1, c.reshape(-1, 1)).sum()
         (grad,) = torch.autograd.grad(logp, z_)
     return grad
 
@@ -35,6 +39,24 @@ def cg_eps(eps: Tensor, grad: Tensor, lam: Tensor, scale: Weight) -> Tensor:
     """Score-form classifier guidance ``eps - s sigma grad_z log p(c|z)`` (ADM Algorithm 2)
     for DDIM and every ODE solver; ``scale`` a float or shape ``(B,)``."""
     sigma = bcast(alpha_sigma(lam)[1], eps)
-    if isinstance(scale, Tensor):
-        scale = bcast(scale, eps)
-    return eps - scale * sigma * grad
+    return eps - wb(scale, eps) * sigma * grad.to(eps.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class ClassifierTerm:
+    """Classifier guidance towards ``labels`` at scale ``s``: ``form="score"`` adds
+    ``-s sigma grad`` to eps (any sampler); ``"mean"`` hands DDPM the mean shift ``s grad``."""
+
+    classifier: Classifier
+    labels: Tensor
+    scale: Weight
+    form: Literal["score", "mean"] = "score"
+
+    def __post_init__(self) -> None:
+        if self.form not in ("score", "mean"):
+            raise ValueError(f"cg_form must be 'score' or 'mean', got {self.form!r}")
+
+    def grad(self, z: Tensor, lam: Tensor) -> Tensor:
+        """``grad_z log p(c|z)`` at ``labels`` (CPU forwards padded like the network's)."""
+        n = z.shape[0]
+        return classifier_grad(self.classifier, *pad_rows(z, lam, self.labels.to(z.device)))[:n]

@@ -1,36 +1,56 @@
-"""Turn a network ``net(z, lam, c) -> eps`` (and optionally a classifier) into a sampler's ``eps_fn``.
+"""``guided(...)``: the one-call sugar that builds a :class:`~diffguide.guidance.core.Guidance`.
 
 Guidance is a weighted sum over (condition, weight) pairs, evaluated in **one batched forward**:
 plain CFG is ``[(c, 1 + w), (null, -w)]``; a negative condition takes the null's place; several
-conditions compose as ``eps(null) + sum_i w_i (eps(c_i) - eps(null))`` (Liu et al. 2022). The
-condition is opaque here: any tensor whose first dimension is the batch (labels today, embeddings
-tomorrow). Classifier guidance adds ``-s sigma grad log p(y|z)`` (score form) or hands the sampler
-a mean shift (``GuidedEps.mean_grad``, DDPM only).
+conditions compose as ``eps(null) + sum_i (1 + w_i)(eps(c_i) - eps(null))`` (Liu et al. 2022). The
+condition is opaque here: any tensor whose first dimension is the batch. The rule (CFG, APG, CFG++,
+CFG-Zero*), the strength schedule or interval, rescale, classifier guidance and dynamic
+thresholding compose in the order documented in :mod:`diffguide.guidance.core`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
 
-from ..prediction import bcast
-from .cfg import Weight, check_weight
-from .classifier import Classifier, cg_eps, classifier_grad
+from .apg import APG
+from .cfg import CFG, check_weight, resolve_w
+from .cfg_zero import CFGZeroStar
+from .cfgpp import CFGPlusPlus
+from .classifier import Classifier, ClassifierTerm
+from .core import Guidance
+from .engine import Engine, Net, Request
+from .interval import Interval
+from .rule import Rule, Weight
+from .weight_schedule import WSchedule, get_w_schedule
 
-__all__ = ["GuidedEps", "guided", "null_condition", "check_labels"]
+__all__ = ["guided", "null_condition", "check_labels", "RULES", "get_rule"]
 
-Net = Callable[[Tensor, Tensor, Tensor], Tensor]
+RULES: dict[str, Callable[..., Rule]] = {"cfg": CFG, "apg": APG, "cfgpp": CFGPlusPlus, "cfg-zero": CFGZeroStar}
+
+
+def get_rule(rule: str | Rule) -> Rule:
+    """A rule by name (``cfg | apg | cfgpp | cfg-zero``, default parameters) or a rule object."""
+    if isinstance(rule, Rule):
+        return rule
+    if rule not in RULES:
+        raise ValueError(f"unknown guidance rule {rule!r}; expected one of {sorted(RULES)} or a Rule object")
+    return RULES[rule]()
 
 
 def null_condition(net: Net, c: Tensor) -> Tensor:
-    """The null condition for a batch ``c``: label ``net.null_label`` (K) for a label network."""
+    """The network's null condition for a batch ``c`` (network protocol ``null_condition``, else
+    label ``net.null_label``)."""
+    fn = getattr(net, "null_condition", None)
+    if callable(fn):
+        return fn(c)
     null = getattr(net, "null_label", None)
     if null is None:
-        raise ValueError("this network has no `null_label` attribute: pass the null condition explicitly (null=...)")
+        raise ValueError("this network has neither `null_condition` nor `null_label`: pass the null condition "
+                         "explicitly (null=...)")
     return torch.full_like(c, int(null))
 
 
@@ -46,151 +66,72 @@ def check_labels(c: Tensor, num_classes: int, *, allow_null: bool, what: str = "
                          + (f" ({num_classes} is the null label)" if allow_null else ""))
 
 
-# On CPU, oneDNN picks other kernels for forwards of very few rows (on the CPUs measured, 1-11 rows gave
-# results ~1e-6 off those of the same rows in a bigger batch), which broke "same seed, same sample,
-# whatever the batch size" in fp32. CPU forwards (network and classifier) of fewer rows are padded to
-# this many by repeating the last row; the padding's outputs are dropped. tests/test_api.py checks
-# the samples bit for bit. Other devices are not padded (a small max_batch there saves memory).
-MIN_ROWS = 16
+def _interval(interval: Interval | tuple[float, float] | None) -> Interval | None:
+    if interval is None or isinstance(interval, Interval):
+        return interval
+    try:
+        lo, hi = interval
+    except (TypeError, ValueError):
+        raise ValueError(f"interval must be an Interval or a (lam_lo, lam_hi) pair, got {interval!r}") from None
+    return Interval(lo, hi)
 
 
-def _pad_rows(*ts: Tensor) -> tuple[Tensor, ...]:
-    """``ts`` (same batch size) padded to :data:`MIN_ROWS` rows on CPU; unchanged otherwise."""
-    n = ts[0].shape[0]
-    if n >= MIN_ROWS or ts[0].device.type != "cpu":
-        return ts
-    return tuple(torch.cat([t, t[-1:].expand(MIN_ROWS - n, *t.shape[1:])]) for t in ts)
-
-
-class GuidedEps:
-    """``eps_fn(z, lam) = sum_i weight_i net(z, lam, cond_i) [- s sigma grad_z log p(y|z)]``.
-
-    ``terms``: (condition, weight) pairs; each condition has batch size B, each weight is a float or
-    a ``(B,)`` tensor; float terms with weight 0 are skipped. All remaining terms run as one forward
-    over ``len(terms) * B`` rows, split into equal chunks of at most ``max_batch`` rows if given (same
-    result; on CPU a chunk of fewer than :data:`MIN_ROWS` rows is padded up to that). ``autocast``:
-    a reduced precision (e.g. ``torch.bfloat16``) for network forwards only; combination happens in
-    float32. ``calls`` counts network forwards.
-    """
-
-    def __init__(self, net: Net, terms: Sequence[tuple[Tensor, Weight]], *,
-                 classifier: Classifier | None = None, cg_labels: Tensor | None = None,
-                 cg_scale: Weight = 0.0, cg_form: Literal["score", "mean"] = "score",
-                 max_batch: int | None = None, autocast: torch.dtype | None = None) -> None:
-        terms = [(cond, w) for cond, w in terms if isinstance(w, Tensor) or w != 0.0]
-        if not terms:
-            raise ValueError("guidance needs at least one (condition, weight) term with a nonzero weight")
-        self.batch = int(terms[0][0].shape[0])
-        for cond, _ in terms:
-            if cond.shape[0] != self.batch:
-                raise ValueError(f"all conditions need batch size {self.batch}, got one of shape {tuple(cond.shape)}")
-        self.terms = [(cond, check_weight(w, "guidance weight", minimum=-float("inf"), batch=self.batch))
-                      for cond, w in terms]
-        if cg_form not in ("score", "mean"):
-            raise ValueError(f"cg_form must be 'score' or 'mean', got {cg_form!r}")
-        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"max_batch must be a positive integer or None, got {max_batch!r}")
-        self.cg_scale = check_weight(cg_scale, "cg_scale", minimum=0.0, batch=self.batch)
-        if classifier is not None and cg_labels is None:
-            raise ValueError("classifier guidance needs the labels to guide towards (cg_labels)")
-        self.net, self.classifier, self.cg_labels = net, classifier, cg_labels
-        self.cg_form, self.max_batch, self.autocast = cg_form, max_batch, autocast
-        self.calls = 0
-        self._cond: Tensor | None = None
-
-    @property
-    def uses_classifier(self) -> bool:
-        return self.classifier is not None and (isinstance(self.cg_scale, Tensor) or self.cg_scale != 0.0)
-
-    def _forward(self, z: Tensor, lam: Tensor, cond: Tensor) -> Tensor:
-        n = z.shape[0]
-        z, lam, cond = _pad_rows(z, lam, cond)
-        ctx = torch.autocast(z.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
-        with ctx:
-            out = self.net(z, lam, cond)[:n]
-        self.calls += 1
-        return out.to(torch.promote_types(out.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
-
-    def net_eps(self, z: Tensor, lam: Tensor) -> Tensor:
-        """The guided network prediction (no classifier term), one batched forward."""
-        if z.shape[0] != self.batch:
-            raise ValueError(f"z has batch size {z.shape[0]}, but the conditions have {self.batch}")
-        n = len(self.terms)
-        zz, ll = torch.cat([z] * n), torch.cat([lam] * n)
-        if self._cond is None or self._cond.device != z.device:  # conditions are fixed: concatenate once
-            self._cond = torch.cat([cond.to(z.device) for cond, _ in self.terms])
-        cc = self._cond
-        rows = zz.shape[0]
-        if self.max_batch is None or rows <= self.max_batch:
-            eps = self._forward(zz, ll, cc)
-        else:  # as few chunks as max_batch allows, of equal size: 200 rows at 128 -> 100 + 100, not 128 + 72
-            chunks = -(-rows // self.max_batch)
-            size = -(-rows // chunks)
-            eps = torch.cat([self._forward(zz[i:i + size], ll[i:i + size], cc[i:i + size])
-                             for i in range(0, rows, size)])
-        parts = eps.split(self.batch)
-        ws = [w for _, w in self.terms]
-        w0, w1 = (ws + [0.0])[:2]
-        if n == 2 and isinstance(w0, float) and isinstance(w1, float) and abs(w0 + w1 - 1.0) < 1e-12:
-            return torch.lerp(parts[1], parts[0], w0)  # CFG: eps_u + (1 + w)(eps_c - eps_u)
-        out = torch.zeros_like(parts[0])
-        for w, e in zip(ws, parts, strict=True):
-            if isinstance(w, Tensor):
-                out.addcmul_(bcast(w.to(e.device), e), e)
-            else:
-                out.add_(e, alpha=w)
-        return out
-
-    def grad(self, z: Tensor, lam: Tensor) -> Tensor:
-        """``grad_z log p(y|z)`` of the guiding classifier at the labels ``cg_labels``."""
-        assert self.classifier is not None and self.cg_labels is not None
-        n = z.shape[0]
-        return classifier_grad(self.classifier, *_pad_rows(z, lam, self.cg_labels.to(z.device)))[:n]
-
-    def mean_grad(self, z: Tensor, lam: Tensor) -> Tensor:
-        """``s grad_z log p(y|z)``: the DDPM mean shift's direction (pass as ``ddpm(mean_grad=...)``)."""
-        s = self.cg_scale
-        return (bcast(s.to(z.device), z) if isinstance(s, Tensor) else s) * self.grad(z, lam)
-
-    def __call__(self, z: Tensor, lam: Tensor) -> Tensor:
-        eps = self.net_eps(z, lam)
-        if self.uses_classifier and self.cg_form == "score":
-            eps = cg_eps(eps, self.grad(z, lam), lam, self.cg_scale)
-        return eps.to(z.dtype)
-
-    def sampler_kwargs(self) -> dict[str, object]:
-        """Extra sampler arguments this guidance needs: the mean shift for ``cg_form="mean"``."""
-        return {"mean_grad": self.mean_grad} if self.uses_classifier and self.cg_form == "mean" else {}
-
-
-def guided(net: Net, c: Tensor, w: Weight = 0.0, *, null: Tensor | None = None, unconditional: bool = False,
+def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] | None = None, *,
+           scale: Weight | None = None, rule: str | Rule = "cfg", null: Tensor | None = None,
+           unconditional: bool = False, w_schedule: str | WSchedule | None = None,
+           interval: Interval | tuple[float, float] | None = None, rescale: float = 0.0,
            classifier: Classifier | None = None, cg_scale: Weight = 0.0,
-           cg_form: Literal["score", "mean"] = "score", max_batch: int | None = None,
-           autocast: torch.dtype | None = None) -> GuidedEps:
-    """The usual guided ``eps_fn`` for a batch of conditions ``c`` (labels, shape ``(B,)``).
+           cg_form: Literal["score", "mean"] = "score", threshold: float | None = None,
+           max_batch: int | None = None, autocast: torch.dtype | None = None) -> Guidance:
+    """The usual guided model function for a batch of conditions ``c`` (labels, shape ``(B,)``).
 
-    - CFG with the paper's ``w`` (float or ``(B,)``, ``>= -1``): ``(1+w) eps(z,c) - w eps(z, null)``.
-      ``null`` defaults to the network's null label; pass another condition for a negative prompt.
-    - ``unconditional=True``: the network's null-condition prediction alone (``w`` must be 0) —
+    - ``w`` (the CFG paper's, float or ``(B,)``, ``>= -1``) or ``scale`` (``s = 1 + w``; not both):
+      ``(1+w) eps(z,c) - w eps(z, null)``. ``null`` defaults to the network's null condition; pass
+      another condition for a negative prompt. A list of conditions with a list of weights composes
+      them (CFG only).
+    - ``rule``: ``"cfg"`` (default), ``"apg"``, ``"cfgpp"`` (``scale`` is its lambda in [0, 1]),
+      ``"cfg-zero"``, or a rule object with its parameters (``APG(beta=-0.5, r=15, eta=0)``).
+    - ``w_schedule`` (``constant | linear | cosine`` or ``g(lam)``), ``interval`` (``(lam_lo, lam_hi)``
+      or an :class:`~diffguide.guidance.Interval`: guidance only inside, one forward outside),
+      ``rescale`` (phi in [0, 1]), ``threshold`` (dynamic-thresholding percentile in (0, 1)).
+    - ``unconditional=True``: the network's null-condition prediction alone (no CFG weight) —
       classifier guidance of an unconditional model.
-    - ``classifier``/``cg_scale`` (``>= 0``): classifier guidance towards ``c``, on top of either.
+    - ``classifier``/``cg_scale`` (``>= 0``): classifier guidance towards ``c``, on top of any of these.
     """
+    conds: list[Tensor] = list(c) if isinstance(c, (list, tuple)) else [cast(Tensor, c)]
+    if not conds:
+        raise ValueError("give at least one condition")
+    if len(conds) > 1:
+        if scale is not None or not isinstance(w, (list, tuple)) or len(w) != len(conds):
+            raise ValueError(f"{len(conds)} composed conditions need a list of {len(conds)} weights w")
+        ws: list[Weight] = list(w)
+    else:
+        if isinstance(w, (list, tuple)):
+            raise ValueError("a list of weights needs a list of conditions of the same length")
+        ws = [resolve_w(cast("Weight | None", w), scale)]
+    B = conds[0].shape[0]
+    ws = [check_weight(wi, "w", minimum=-1.0, batch=B) for wi in ws]
     K = getattr(net, "num_classes", None)
-    w = check_weight(w, "w", minimum=-1.0, batch=c.shape[0])
-    if K is not None and not c.is_floating_point():
-        check_labels(c, int(K), allow_null=False)
+    for ci in conds:
+        if K and not ci.is_floating_point():
+            check_labels(ci, int(K), allow_null=False)
+    cg = None
     if classifier is not None:
         Kc = getattr(classifier, "num_classes", None)
         if K is not None and Kc is not None and int(K) != int(Kc):
             raise ValueError(f"classifier has {Kc} classes but the network has {K}")
         if Kc is not None:
-            check_labels(c, int(Kc), allow_null=False)
-    null = null_condition(net, c) if null is None else null
+            check_labels(conds[0], int(Kc), allow_null=False)
+        cg = ClassifierTerm(classifier, conds[0], check_weight(cg_scale, "cg_scale", minimum=0.0, batch=B), cg_form)
+    null = null_condition(net, conds[0]) if null is None else null
     if unconditional:
-        if isinstance(w, Tensor) or w != 0.0:
-            raise ValueError(f"unconditional sampling takes no CFG weight, got w={w}")
-        terms: list[tuple[Tensor, Weight]] = [(null, 1.0)]
+        if len(conds) > 1 or isinstance(ws[0], Tensor) or ws[0] != 0.0:
+            raise ValueError(f"unconditional sampling takes no CFG weight, got w={ws[0]}")
+        positive: list[tuple[Request, Weight]] = [(Request(net, null), 0.0)]
+        negative = None
     else:
-        terms = [(c, 1 + w), (null, -w)]
-    return GuidedEps(net, terms, classifier=classifier, cg_labels=c if classifier is not None else None,
-                     cg_scale=cg_scale, cg_form=cg_form, max_batch=max_batch, autocast=autocast)
+        positive = [(Request(net, ci), wi) for ci, wi in zip(conds, ws, strict=True)]
+        negative = Request(net, null)
+    return Guidance(positive, negative, rule=get_rule(rule), w_schedule=get_w_schedule(w_schedule),
+                    interval=_interval(interval), rescale=rescale, classifier=cg, threshold=threshold,
+                    engine=Engine(max_batch=max_batch, autocast=autocast))

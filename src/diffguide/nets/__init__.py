@@ -2,9 +2,13 @@
 ``NoiseClassifier(z, lam) -> logits``, with named size presets (``tiny``, ``small``, ``base``)."""
 
 from .classifier import CLASSIFIER_PRESETS, ClassifierConfig, NoiseClassifier, classifier_config
+from .protocol import GuidedNetwork, Network, check_network
 from .unet import UNET_PRESETS, UNet, UNetConfig, unet_config
 
 __all__ = [
+    "GuidedNetwork",
+    "Network",
+    "check_network",
     "UNetConfig",
     "UNet",
     "unet_config",

@@ -52,6 +52,7 @@ class NoiseClassifier(nn.Module):
             raise ValueError(f"NoiseClassifier needs a ClassifierConfig, got {type(config).__name__}")
         cfg = self.config = config
         self.num_classes = cfg.num_classes
+        self.sample_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         self.lam_emb = LamEmbedding(cfg.emb_dim)
         self.encoder = Encoder(cfg.in_channels, cfg.channels, cfg.blocks_per_level, cfg.attn_levels or (),
                                cfg.emb_dim, groups=cfg.groups, dropout=cfg.dropout, heads=cfg.heads)

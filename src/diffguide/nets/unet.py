@@ -11,6 +11,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..schedule import Schedule, get_schedule
 from .blocks import Decoder, Encoder, LamEmbedding, NetConfig, check_inputs, level_sizes, make_config, norm, zero_
 
 __all__ = ["UNetConfig", "UNet", "unet_config", "UNET_PRESETS"]
@@ -27,10 +28,8 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     # Tests: 23k parameters.
     "tiny": dict(channels=(8, 16), blocks_per_level=1, emb_dim=32, groups=4, heads=2),
     # MNIST 28x28 on a 2-core CPU (1.23 M parameters, 0.25 GFLOP per forward; the shipped MNIST model).
-    # Measured ratio: 3.1x the reference MNIST CFG script's training images/s (118 vs 38 img/s; batch
-    # 128, fp32, channels_last, 2 threads, AdamW(foreach), same run, AMD EPYC AVX2). A 4-level
-    # (16, 32, 64, 128) variant measured 5.0x (1.29 M parameters) but its sample quality is untested.
-    # Re-measure with benchmarks/bench_nets.py (results/nets_throughput.json).
+    # Training throughput against the reference MNIST CFG script: benchmarks/results/train_throughput.md
+    # (benchmarks/bench_train.py); benchmarks/bench_nets.py times it against other configs.
     "small": dict(channels=(32, 64, 128), blocks_per_level=1, emb_dim=128, groups=8, heads=4, dropout=0.0),
     # 32-64 px on a GPU (DDPM's CIFAR-10 net: 128 x (1, 2, 2, 2), 2 blocks, dropout 0.1); attention
     # at every level of 16 px or less (set by unet_config).
@@ -67,6 +66,9 @@ class UNet(nn.Module):
         cfg = self.config = config
         self.num_classes = cfg.num_classes
         self.null_label = cfg.num_classes
+        self.sample_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        # the schedule it is trained with (load_model sets the saved one): its default sampling grid
+        self.train_schedule: Schedule = get_schedule("continuous")
         E, G = cfg.emb_dim, cfg.groups
         self.lam_emb = LamEmbedding(E)
         self.label_emb = nn.Embedding(cfg.num_classes + 1, E)  # row K: the null label
@@ -76,6 +78,10 @@ class UNet(nn.Module):
                                groups=G, dropout=cfg.dropout, heads=cfg.heads)
         self.norm_out = norm(cfg.channels[0], G)
         self.conv_out = zero_(nn.Conv2d(cfg.channels[0], cfg.in_channels, 3, padding=1))  # eps = 0 at init
+
+    def null_condition(self, c: Tensor) -> Tensor:
+        """The null label ``K`` for a batch of labels (network protocol)."""
+        return c.new_full(c.shape, self.null_label)
 
     def forward(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
         check_inputs("UNet", z, lam, self.config.in_channels, self.config.image_size, c)

@@ -42,7 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..schedule import alpha_sigma
+from ..schedule import ContinuousSchedule, alpha_sigma
+from ..validate import is_positive_int, positive_int
 
 __all__ = ["GaussianMixture", "MixtureClassifier"]
 
@@ -172,6 +173,8 @@ class GaussianMixture(nn.Module):
         self.num_classes: int = K
         self.null_label: int = K
         self.dim: int = d
+        self.sample_shape: tuple[int, ...] = (d,)
+        self.train_schedule = ContinuousSchedule()  # exact at every lam: any grid works; this is the default
         self.num_components: int = sum(J)
         cls = torch.repeat_interleave(torch.arange(K), torch.tensor(J))
         self.register_buffer("means", torch.cat(mean_list).contiguous())
@@ -217,11 +220,10 @@ class GaussianMixture(nn.Module):
         """A random mixture: means ``~ N(0, I)``, variances uniform in ``var_range`` (per coordinate,
         or per component if ``isotropic``), component weights ``~ Dirichlet(1)`` floored at 0.1 of
         uniform, prior uniform in ``[0.5, 1.5]`` then normalised. ``generator`` may be an int seed."""
-        for name, v in (("d", d), ("K", K)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        positive_int(d, "d")
+        positive_int(K, "K")
         J = [components_per_class] * K if isinstance(components_per_class, int) else list(components_per_class)
-        if len(J) != K or any(isinstance(j, bool) or not isinstance(j, int) or j < 1 for j in J):
+        if len(J) != K or not all(is_positive_int(j) for j in J):
             raise ValueError(f"components_per_class must be a positive int or {K} positive ints, "
                              f"got {components_per_class!r}")
         lo, hi = var_range
@@ -339,6 +341,10 @@ class GaussianMixture(nn.Module):
         log_cz = torch.logsumexp(torch.where(self._class_mask, lj[:, None, :], -math.inf), dim=2)
         return (log_cz - torch.logsumexp(lj, dim=1, keepdim=True)).to(z.device, dtype)
 
+    def null_condition(self, c: Tensor) -> Tensor:
+        """The null label ``K`` for a batch of labels (network protocol)."""
+        return torch.full_like(c, self.null_label)
+
     def as_classifier(self) -> MixtureClassifier:
         """This mixture's exact noisy classifier as a module: ``clf(z, lam) -> (B, K)`` logits."""
         return MixtureClassifier(self)
@@ -414,6 +420,7 @@ class MixtureClassifier(nn.Module):
         super().__init__()
         self.gmm = gmm
         self.num_classes = gmm.num_classes
+        self.sample_shape = gmm.sample_shape
 
     def forward(self, z: Tensor, lam: Tensor | float | None) -> Tensor:
         """``(B, K)`` logits ``= log p_lam(c | z)``."""

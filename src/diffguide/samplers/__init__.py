@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from .base import EpsFn, Noise
+from .base import EpsFn, ModelFn, Noise
 from .ddim import ddim
 from .ddpm import ddpm
 
-__all__ = ["ddim", "ddpm", "EpsFn", "Noise", "SAMPLERS", "get_sampler"]
+__all__ = ["ddim", "ddpm", "EpsFn", "ModelFn", "Noise", "SAMPLERS", "get_sampler"]
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim}
 

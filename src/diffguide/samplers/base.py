@@ -1,10 +1,14 @@
-"""What every sampler shares: the ``eps_fn`` contract, grid checks, x0 with optional clipping.
+"""What every sampler shares: the model-function contract, grid checks, x0 with optional clipping.
 
-A sampler is ``sample(eps_fn, z, lams, *, noise=None, ...) -> x``: ``eps_fn(z, lam) -> eps`` with
-``z`` of shape ``(B, ...)`` and ``lam`` of shape ``(B,)``; ``lams`` an increasing grid (noisy to
-clean) ending in ``+inf`` (see :mod:`diffguide.schedule`); ``z`` the starting latent at
-``lams[0]`` (standard normal for a VP model started at ``lam_min``). Samplers know nothing of
-labels or guidance, and run under ``torch.no_grad()``.
+A sampler is ``sample(model, z, lams, *, noise=None, ...) -> x``. ``model(z, lam)`` returns an
+``eps`` tensor or a :class:`~diffguide.prediction.Prediction`, with ``z`` of shape ``(B, ...)`` and
+``lam`` of shape ``(B,)``; if ``model`` has a ``start()`` method (a
+:class:`~diffguide.guidance.Guidance`), the sampler calls it once at the start of the run and
+evaluates what it returns, so per-run guidance state never outlives a run. ``lams`` is an
+increasing grid (noisy to clean) ending in ``+inf`` (see :mod:`diffguide.schedule`); ``z`` the
+starting latent at ``lams[0]`` (standard normal for a VP model started at ``lam_min``). Samplers
+know nothing of labels or guidance, run under ``torch.no_grad()``, and raise if a prediction carries
+a field they cannot honour.
 
 Step coefficients are float64 Python scalars computed from the grid; tensors stay in ``z``'s dtype
 (keep it float32: reduced precision belongs to network forwards only).
@@ -18,9 +22,11 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from ..prediction import Prediction, eps_of, x0_of
 from ..schedule import check_grid
 
-EpsFn = Callable[[Tensor, Tensor], Tensor]
+ModelFn = Callable[[Tensor, Tensor], "Tensor | Prediction"]
+EpsFn = ModelFn  # the first wave's name
 Noise = Callable[[], Tensor]
 Callback = Callable[[int, float, Tensor, Tensor], None]  # (step, lam, z, x0)
 
@@ -35,31 +41,62 @@ def alpha_sigma_f(lam: float) -> tuple[float, float]:
     return math.exp(0.5 * log_a2), math.exp(0.5 * log_s2)
 
 
+class Run:
+    """One sampling run of a model function: evaluates it at a scalar ``lam`` and checks the result.
+
+    ``takes``: the optional :class:`Prediction` fields this sampler honours; any other that is set
+    raises, naming the sampler (no guidance is ever dropped silently).
+    """
+
+    def __init__(self, model: ModelFn, sampler: str, takes: frozenset[str]) -> None:
+        start = getattr(model, "start", None)
+        self.fn: ModelFn = start() if callable(start) else model
+        self.sampler, self.takes = sampler, takes
+
+    def __call__(self, z: Tensor, lam: float) -> Prediction:
+        out = self.fn(z, torch.full((z.shape[0],), lam, dtype=z.dtype, device=z.device))
+        pred = out if isinstance(out, Prediction) else Prediction(out)
+        for name in ("eps", "eps_renoise", "mean_grad"):
+            t = getattr(pred, name)
+            if t is not None and t.shape != z.shape:
+                raise ValueError(f"the model's {name} has shape {tuple(t.shape)}, expected {tuple(z.shape)} like z")
+        for name, what in (("eps_renoise", "a re-noise eps (CFG++)"), ("mean_grad", "a DDPM mean shift"),
+                           ("hold", "a held step (CFG-Zero* zero-init)")):
+            value = getattr(pred, name)
+            if value is not None and value is not False and name not in self.takes:
+                raise ValueError(f"the {self.sampler} sampler cannot honour {what}: use another sampler "
+                                 f"or guidance form")
+        return pred
+
+
+def checked_noise(noise: Noise, z: Tensor) -> Noise:
+    """``noise`` with each draw checked to have ``z``'s shape."""
+    def draw() -> Tensor:
+        xi = noise()
+        if not isinstance(xi, Tensor) or xi.shape != z.shape:
+            raise ValueError(f"noise() returned shape {tuple(getattr(xi, 'shape', ()))}, expected "
+                             f"{tuple(z.shape)} like z")
+        return xi.to(z.dtype)
+    return draw
+
+
 def prepare(z: Tensor, lams: Tensor | list[float], noise: Noise | None) -> tuple[list[float], Noise]:
-    """Validate inputs shared by all samplers; returns the grid as floats and a noise source."""
+    """Validate inputs shared by all samplers; returns the grid as floats and a (checked) noise source."""
     if not isinstance(z, Tensor) or z.ndim < 1 or z.shape[0] == 0:
         raise ValueError(f"z must be a tensor of shape (B, ...) with B >= 1, got {getattr(z, 'shape', z)!r}")
     if not z.is_floating_point():
         raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
     grid = check_grid(torch.as_tensor(lams)).tolist()
-    return grid, noise if noise is not None else (lambda: torch.randn_like(z))
-
-
-def call_eps(eps_fn: EpsFn, z: Tensor, lam: float) -> Tensor:
-    """``eps_fn`` at a scalar ``lam``, checked for shape and cast back to ``z``'s dtype."""
-    eps = eps_fn(z, torch.full((z.shape[0],), lam, dtype=z.dtype, device=z.device))
-    if eps.shape != z.shape:
-        raise ValueError(f"eps_fn returned shape {tuple(eps.shape)}, expected {tuple(z.shape)} like z")
-    return eps.to(z.dtype)
+    return grid, checked_noise(noise, z) if noise is not None else (lambda: torch.randn_like(z))
 
 
 def denoise(z: Tensor, eps: Tensor, alpha: float, sigma: float, clip_x0: float | None) -> tuple[Tensor, Tensor]:
-    """``x0 = (z - sigma eps) / alpha``; with ``clip_x0`` the prediction is clamped to
-    ``[-clip_x0, clip_x0]`` and ``eps`` recomputed to stay consistent with it."""
-    x0 = (z - sigma * eps) / alpha
+    """``x0`` from ``eps``; with ``clip_x0`` the prediction is clamped to ``[-clip_x0, clip_x0]`` and
+    ``eps`` recomputed to stay consistent with it."""
+    x0 = x0_of(z, eps, alpha, sigma)
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
-        eps = (z - alpha * x0) / sigma
+        eps = eps_of(z, x0, alpha, sigma)
     return x0, eps
 
 
@@ -69,10 +106,15 @@ def transitions(grid: list[float]) -> Iterator[tuple[int, float, float, tuple[fl
         yield i, lam, lam_next, alpha_sigma_f(lam), alpha_sigma_f(lam_next)
 
 
-def predict(eps_fn: EpsFn, z: Tensor, i: int, lam: float, alpha: float, sigma: float, clip_x0: float | None,
-            callback: Callback | None) -> tuple[Tensor, Tensor]:
-    """``(x0, eps)`` at step ``i`` (see :func:`denoise`), reported to ``callback`` if given."""
-    x0, eps = denoise(z, call_eps(eps_fn, z, lam), alpha, sigma, clip_x0)
+def predict(run: Run, z: Tensor, i: int, lam: float, alpha: float, sigma: float, clip_x0: float | None,
+            callback: Callback | None, last: bool) -> tuple[Tensor, Tensor, Prediction]:
+    """``(x0, eps, prediction)`` at step ``i`` (see :func:`denoise`), reported to ``callback`` if given."""
+    pred = run(z, lam)
+    if pred.hold:
+        if last:
+            raise ValueError("the model held the final step: nothing would be denoised (fewer held steps than steps)")
+        return z, pred.eps, pred
+    x0, eps = denoise(z, pred.eps.to(z.dtype), alpha, sigma, clip_x0)
     if callback is not None:
         callback(i, lam, z, x0)
-    return x0, eps
+    return x0, eps, pred

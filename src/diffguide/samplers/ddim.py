@@ -7,29 +7,35 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Callback, EpsFn, Noise, predict, prepare, transitions
+from .base import Callback, ModelFn, Noise, Run, predict, prepare, transitions
+
+TAKES = frozenset({"eps_renoise", "hold"})
 
 
 @torch.no_grad()
-def ddim(eps_fn: EpsFn, z: Tensor, lams: Tensor | list[float], *, eta: float = 0.0,
+def ddim(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, eta: float = 0.0,
          noise: Noise | None = None, clip_x0: float | None = None, callback: Callback | None = None) -> Tensor:
     """Sample with DDIM from ``z`` at ``lams[0]`` to the clean end; returns ``x`` shaped like ``z``.
 
     Each step ``lam -> lam'``: ``x0 = (z - sigma eps)/alpha``,
-    ``z' = alpha' x0 + sqrt(sigma'^2 - s^2) eps + s xi`` with
-    ``s^2 = eta^2 (1 - exp(lam - lam')) sigma'^2`` (``eta = 1``: the DDPM posterior variance).
-    A step to ``lam' = +inf`` returns ``x0``. ``noise()`` supplies ``xi`` (per-sample streams:
-    :class:`diffguide.noise.PerSampleNoise`).
+    ``z' = alpha' x0 + sqrt(sigma'^2 - s^2) eps_r + s xi`` with
+    ``s^2 = eta^2 (1 - exp(lam - lam')) sigma'^2`` (``eta = 1``: the DDPM posterior variance) and
+    ``eps_r = eps``, or the prediction's ``eps_renoise`` (CFG++). A step to ``lam' = +inf`` returns
+    ``x0``. ``noise()`` supplies ``xi`` (per-sample streams: :class:`diffguide.noise.PerSampleNoise`).
     """
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     grid, noise = prepare(z, lams, noise)
+    run = Run(model, "ddim", TAKES)
     for i, lam, lam_next, (alpha, sigma), (alpha_n, sigma_n) in transitions(grid):
-        x0, eps = predict(eps_fn, z, i, lam, alpha, sigma, clip_x0, callback)
+        x0, eps, pred = predict(run, z, i, lam, alpha, sigma, clip_x0, callback, lam_next == math.inf)
+        if pred.hold:
+            continue
         if lam_next == math.inf:
             return x0
+        eps_r = eps if pred.eps_renoise is None else pred.eps_renoise
         s2 = eta**2 * -math.expm1(lam - lam_next) * sigma_n**2
-        z = alpha_n * x0 + math.sqrt(max(sigma_n**2 - s2, 0.0)) * eps
+        z = alpha_n * x0 + math.sqrt(max(sigma_n**2 - s2, 0.0)) * eps_r
         if s2 > 0:
             z = z + math.sqrt(s2) * noise()
     return z

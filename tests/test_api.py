@@ -59,3 +59,54 @@ def test_default_max_batch_chunks_cpu_forwards_only():
 def test_bad_max_batch_is_named(nets):
     with pytest.raises(ValueError, match="max_batch must be a positive integer or None, got 0"):
         sample_images(nets[0], [0, 1], max_batch=0, steps=2)
+
+
+def test_pipeline_leaves_the_callers_modules_alone(nets):
+    net, clf = nets
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    pipe = Pipeline(net, clf)
+    assert net.training and pipe.net is not net and not pipe.net.training  # the caller's module is not switched
+    conv = next(p for p in net.parameters() if p.ndim == 4)
+    assert conv.is_contiguous()  # ... nor converted to channels_last
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    net.eval()
+
+
+class UserNet(torch.nn.Module):
+    """A user's own eps-model with no diffguide attributes: eps = z * 0.1 + label embedding (vector data)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(4, 3)  # 3 classes + null
+
+    def forward(self, z, lam, c):
+        return 0.1 * z + self.emb(c) * torch.sigmoid(lam)[:, None]
+
+
+def test_any_network_through_the_protocol():
+    from diffguide.nets import Network
+    from diffguide.schedule import get_schedule
+
+    raw = UserNet().eval()
+    with pytest.raises(ValueError, match=r"does not implement diffguide's network protocol: missing sample_shape"):
+        sample_images(raw, [0, 1], steps=2)
+    net = Network(raw, sample_shape=(3,), num_classes=3, schedule="linear")
+    x = Pipeline(net).sample([0, 1, 2, 1], scale=3.0, steps=4)
+    assert x.shape == (4, 3) and torch.isfinite(x).all()
+    # the pipeline took the network's own schedule and null label: the same as sampling by hand with them
+    from diffguide.guidance import guided
+    from diffguide.noise import PerSampleNoise, sample_seeds
+    from diffguide.samplers import ddim
+
+    c = torch.tensor([0, 1, 2, 1])
+    noise = PerSampleNoise(sample_seeds(0, 4), (3,))
+    ref = ddim(guided(raw, c, 2.0, null=torch.full_like(c, 3)), noise(), get_schedule("linear").grid(4), noise=noise,
+               clip_x0=1.0)
+    torch.testing.assert_close(x, ref, rtol=0, atol=0)
+    # an embedding-conditioned network: the null condition is its learned null embedding, whatever the batch
+    null = torch.randn(2, 5)
+    emb_net = Network(lambda z, lam, e: z * 0 + e.sum((1, 2))[:, None], sample_shape=(1,), null=null)
+    torch.testing.assert_close(emb_net.null_condition(torch.zeros(3, 2, 5)), null.expand(3, 2, 5))
+    out = guided(emb_net, torch.ones(3, 2, 5), 1.0)(torch.zeros(3, 1), torch.zeros(3)).eps
+    torch.testing.assert_close(out, (2 * 10.0 - null.sum()).expand(3, 1))

@@ -25,6 +25,7 @@ from diffguide.api import Pipeline
 from diffguide.cli import cli
 from diffguide.data.mnist import load_mnist
 from diffguide.experiments import Setting, evaluate_samples, grid_settings, read_rows, run_sweep
+from diffguide.guidance import GuidanceSpec
 from diffguide.images import to_uint8
 from diffguide.metrics import FeatureNet, ReferenceStats, reference_stats
 from diffguide.models import build_model
@@ -271,3 +272,72 @@ def test_cli_demo_ends_with_a_quick_sweep(pipe: Pipeline, evaluator: StandIn, re
     assert (out / "sweep" / "sweep.png").stat().st_size > 10_000 and len(report["grids"]) == 3
     res = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "quick"), "--steps", "2", "--sweep-w", ""])
     assert res.exit_code == 0 and "sweep" not in json.loads(res.output[res.output.index("{"):])
+
+
+def test_sweep_any_rule_records_forwards(pipe: Pipeline, evaluator: StandIn, reference: ReferenceStats,
+                                         tmp_path: Path) -> None:
+    # Settings of several methods share one folder and one set of seeds; each row records its NFE.
+    iv = GuidanceSpec(interval=(-1.0, 2.0))
+    settings = [Setting(1.0), Setting(1.0, guidance=iv), Setting(1.0, guidance=GuidanceSpec(rule="apg")),
+                Setting(-0.4, guidance=GuidanceSpec(rule="cfgpp"))]
+    rows = run_sweep(pipe, settings, n=N, sampler="ddim", steps=STEPS, seed=0, out=tmp_path / "m", batch_size=CHUNK,
+                     evaluator=evaluator, reference=reference, progress=False, plot=True)
+    assert [r["tag"] for r in rows] == ["w1", "cfg+interval-1_2_w1", "apg-b-0.5-r15-e0_w1", "cfgpp_w-0.4"]
+    inside = sum(-1.0 <= v <= 2.0 for v in pipe.net.train_schedule.grid(STEPS)[:-1].tolist())
+    assert [r["nfe"] for r in rows] == [2 * STEPS, STEPS + inside, 2 * STEPS, 2 * STEPS]
+    assert rows[1]["guidance"] == {"interval": [-1.0, 2.0]} or rows[1]["guidance"] == {"interval": (-1.0, 2.0)}
+    assert "apg" in rows[2]["method"] and rows[0]["method"] == "cfg"
+    with pytest.raises(ValueError, match=r"CFG\+\+ needs its lambda"):
+        Setting(1.0, guidance=GuidanceSpec(rule="cfgpp"))
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--guidance", "rescale", "--phi", "1.5"], r"rescale phi = 1.5 is invalid: expected a number in \[0, 1\]"),
+    (["--guidance", "interval", "--interval", "2,1"], r"guidance interval \[2.0, 1.0\] is empty"),
+    (["--interval", "nan,1"], r"guidance interval lo = nan is invalid"),
+    (["--guidance", "apg", "--apg-beta", "1"], r"APG beta = 1.0 is invalid"),
+    (["--guidance", "apg", "--apg-r", "0"], r"APG r = 0.0 is invalid"),
+    (["--guidance", "cfgpp", "--scale", "1.5"], r"CFG\+\+ needs its lambda = 1 \+ w in \[0, 1\]"),
+    (["--threshold", "1.2"], r"percentile p = 1.2 is invalid"),
+])
+def test_cli_bad_guidance_values_are_one_line(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                              args: list[str], match: str) -> None:
+    import re
+    import sys
+
+    from diffguide.cli import main
+
+    monkeypatch.setattr(api, "load", lambda *a, **k: pipe)
+    monkeypatch.setattr(sys, "argv", ["diffguide", "sample", "--n", "10", "--steps", "2", "--out",
+                                      str(tmp_path), *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert re.search(match, err), err
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--w", "1", "--scale", "2"], "give --w or --scale, not both"),
+    (["--sampler", "ddpm", "--eta", "0.5"], "--eta applies to --sampler ddim only"),
+    (["--sampler", "ddim", "--v", "0.5"], "--v applies to --sampler ddpm only"),
+    (["--interval", "0,1", "--interval-sigma", "0.5,1"], "give --interval or --interval-sigma, not both"),
+])
+def test_cli_refuses_options_that_do_not_apply(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               args: list[str], match: str) -> None:
+    monkeypatch.setattr(api, "load", lambda *a, **k: pipe)
+    res = CliRunner().invoke(cli, ["sample", "--n", "10", "--steps", "2", "--out", str(tmp_path), *args])
+    assert res.exit_code == 2 and match in res.output, res.output
+
+
+def test_cli_sample_with_a_rule_and_scale(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(api, "load", lambda *a, **k: pipe)
+    res = CliRunner().invoke(cli, ["sample", "--n", "10", "--steps", "2", "--out", str(tmp_path), "--scale", "0.6",
+                                   "--guidance", "cfgpp"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cfgpp_w-0.4.png").is_file()  # lambda 0.6 is w = -0.4
+    res = CliRunner().invoke(cli, ["sample", "--n", "10", "--steps", "2", "--out", str(tmp_path), "--scale", "3",
+                                   "--guidance", "apg", "--phi", "0.5", "--w-schedule", "cosine"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "apg-b-0.5-r15-e0+cosine+rescale0.5_w2.png").is_file()

@@ -22,13 +22,20 @@ Row = dict[str, Any]
 def sweep_series(rows: Sequence[Row]) -> list[tuple[str, str, list[tuple[float, Row]]]]:
     """Rows grouped into ``(label, x-symbol, [(x, row), ...])`` series sorted by ``x``: CFG rows
     (``cg_scale == 0``) against ``w``; classifier-guided rows against ``s``, one series per
-    (model, ``w``), starting at ``s = 0`` with the matching unguided row when there is one."""
-    cond_plain = {r["w"]: r for r in rows if not r["unconditional"] and not r["cg_scale"]}
+    (model, ``w``), starting at ``s = 0`` with the matching unguided row when there is one; rows of
+    another guidance method (a ``guidance`` entry) one series per method, against ``w``."""
+    plain = [r for r in rows if not r.get("guidance")]
+    cond_plain = {r["w"]: r for r in plain if not r["unconditional"] and not r["cg_scale"]}
     out: list[tuple[str, str, list[tuple[float, Row]]]] = []
     if cond_plain:
         out.append(("CFG", "w", sorted(cond_plain.items(), key=lambda p: p[0])))
-    groups: dict[tuple[bool, float], list[tuple[float, Row]]] = {}
+    methods: dict[str, list[tuple[float, Row]]] = {}
     for r in rows:
+        if r.get("guidance"):
+            methods.setdefault(r["method"], []).append((r["w"], r))
+    out += [(m, "w", sorted(pts, key=lambda p: p[0])) for m, pts in methods.items()]
+    groups: dict[tuple[bool, float], list[tuple[float, Row]]] = {}
+    for r in plain:
         if r["cg_scale"] or r["unconditional"]:
             groups.setdefault((bool(r["unconditional"]), r["w"]), []).append((r["cg_scale"], r))
     for (unc, w), pts in sorted(groups.items()):

@@ -46,6 +46,7 @@ from ..fileio import atomic_write_bytes, atomic_write_text
 from ..guidance.spec import GuidanceSpec
 from ..images import from_uint8, load_samples, save_grid, to_uint8
 from ..metrics import FeatureNet, ReferenceStats, mnist_reference_stats, sample_metrics, weights_hash
+from ..validate import positive_int
 
 __all__ = ["Setting", "run_sweep", "evaluate_samples", "default_evaluator", "grid_settings", "read_rows",
            "markdown_table"]
@@ -313,9 +314,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 4:
         raise ValueError(f"n must be an integer >= 4 (precision/recall use 3 nearest neighbours), got {n!r}")
-    chunk = batch_size if chunk_size is None else chunk_size
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk!r}")
+    chunk = positive_int(batch_size if chunk_size is None else chunk_size, "chunk_size")
     settings = list(dict.fromkeys(settings))
     if not settings:
         raise ValueError("give at least one setting")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..validate import optional_positive_int
+
 __all__ = ["Net", "Request", "Engine", "MIN_ROWS", "pad_rows"]
 
 Net = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -53,9 +55,7 @@ class Engine:
     """
 
     def __init__(self, *, max_batch: int | None = None, autocast: torch.dtype | None = None) -> None:
-        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"max_batch must be a positive integer or None, got {max_batch!r}")
-        self.max_batch, self.autocast = max_batch, autocast
+        self.max_batch, self.autocast = optional_positive_int(max_batch, "max_batch"), autocast
         self.forwards = 0
         self.evaluations = 0
 

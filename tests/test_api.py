@@ -110,3 +110,16 @@ def test_any_network_through_the_protocol():
     torch.testing.assert_close(emb_net.null_condition(torch.zeros(3, 2, 5)), null.expand(3, 2, 5))
     out = guided(emb_net, torch.ones(3, 2, 5), 1.0)(torch.zeros(3, 1), torch.zeros(3)).eps
     torch.testing.assert_close(out, (2 * 10.0 - null.sum()).expand(3, 1))
+
+
+def test_per_sample_cg_scale_and_device_mismatch(nets):
+    net, clf = nets
+    labels = torch.arange(6) % 10
+    s = torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0])
+    whole = sample_images(net, labels, 0.5, classifier=clf, cg_scale=s, steps=2, batch_size=6)
+    split = sample_images(net, labels, 0.5, classifier=clf, cg_scale=s, steps=2, batch_size=4)  # sliced per batch
+    assert torch.equal(whole, split)
+    one = sample_images(net, labels[1:2], 0.5, classifier=clf, cg_scale=1.0, steps=2, first_index=1)
+    assert torch.equal(one, whole[1:2])
+    with pytest.raises(ValueError, match="the network's weights are on cpu but device='meta': move it there"):
+        sample_images(net, labels, steps=2, device="meta")

@@ -64,7 +64,7 @@ def _sample(guide, n=16, steps=12, sampler=ddim):
     dict(rescale=0.0),
     dict(interval=(-math.inf, math.inf)),
     dict(interval=(-25.0, 25.0)),
-    dict(rule=APG(beta=0.0, r=math.inf, eta=1.0, clip=None)),
+    dict(rule=APG(beta=0.0, r=math.inf, eta=1.0, clip=math.inf)),
     dict(rule=CFGZeroStar(zero_init=0, optimized=False)),
     dict(w_schedule=lambda lam: torch.ones_like(lam)),
     dict(w_schedule="constant"),
@@ -281,6 +281,28 @@ def test_schedule_returning_nan_is_refused(gmm):
         guide(z, lam)
     with pytest.raises(ValueError, match="guidance schedule returned inf"):
         guided(gmm, c, 1.0, w_schedule=lambda l: math.inf)(z, lam)
+
+
+def test_stateful_rules_refuse_a_one_off_call(gmm):
+    # a stateful rule evaluated outside a run would lose its state at every call: refused, not wrong
+    z, lam, c = _batch(gmm, B=4)
+    for rule in ("apg", "cfg-zero"):
+        with pytest.raises(ValueError, match="keeps state across the steps of a sampling run: call start"):
+            guided(gmm, c, 1.0, rule=rule)(z, lam)
+        assert guided(gmm, c, 1.0, rule=rule).start()(z, lam).eps.shape == z.shape
+
+
+def test_cfgpp_takes_no_strength_schedule(gmm):
+    with pytest.raises(ValueError, match="a strength schedule is not defined for cfgpp"):
+        guided(gmm, torch.zeros(4, dtype=torch.long), scale=0.6, rule="cfgpp", w_schedule="linear")
+
+
+def test_apg_at_small_w_is_the_conditional_model(gmm):
+    # the data-range clamp enters only the update, so w -> 0 is continuous with the conditional model
+    z, lam, c = _batch(gmm, B=8)
+    lam = torch.full_like(lam, -12.0)  # alpha tiny: x0 far outside [-1, 1], where the clamp acts
+    run = guided(gmm, c, 1e-9, rule="apg").start()
+    torch.testing.assert_close(run(z, lam).eps, gmm(z, lam, c), rtol=1e-6, atol=1e-6)
 
 
 def test_composed_conditions_refuse_other_rules(gmm):

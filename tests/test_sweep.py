@@ -285,7 +285,20 @@ def test_sweep_any_rule_records_forwards(pipe: Pipeline, evaluator: StandIn, ref
     assert [r["tag"] for r in rows] == ["w1", "cfg+interval-1_2_w1", "apg-b-0.5-r15-e0_w1", "cfgpp_w-0.4"]
     inside = sum(-1.0 <= v <= 2.0 for v in pipe.net.train_schedule.grid(STEPS)[:-1].tolist())
     assert [r["nfe"] for r in rows] == [2 * STEPS, STEPS + inside, 2 * STEPS, 2 * STEPS]
-    assert rows[1]["guidance"] == {"interval": [-1.0, 2.0]} or rows[1]["guidance"] == {"interval": (-1.0, 2.0)}
+    assert rows[1]["guidance"] == {"interval": [-1.0, 2.0]}
+    # a cut-short sweep of these settings resumes from its chunks (their stored keys match a fresh one)
+    (tmp_path / "m" / "results.jsonl").unlink()
+    again = run_sweep(pipe, settings, n=N, sampler="ddim", steps=STEPS, seed=0, out=tmp_path / "m", batch_size=CHUNK,
+                      evaluator=evaluator, reference=reference, progress=False, plot=False)
+    assert [r["fid"] for r in again] == [r["fid"] for r in rows]
+    assert all(r["sample_seconds"] == o["sample_seconds"] for r, o in zip(again, rows, strict=True))  # not resampled
+    # settings that differ in any digit get different tags (finished rows are found by tag)
+    assert Setting(1.0, guidance=GuidanceSpec(interval=(-0.95247, 2.54593))).tag != \
+        Setting(1.0, guidance=GuidanceSpec(interval=(-0.9521, 2.5461))).tag
+    with pytest.raises(ValueError, match="CFG\\+\\+ re-noises with eps_u, which the ddpm sampler cannot do"):
+        run_sweep(pipe, settings[3:], n=N, sampler="ddpm", steps=STEPS, seed=0, out=tmp_path / "x",
+                  evaluator=evaluator, reference=reference, progress=False, plot=False)
+    assert not (tmp_path / "x" / "samples").exists()  # refused before any work
     assert "apg" in rows[2]["method"] and rows[0]["method"] == "cfg"
     with pytest.raises(ValueError, match=r"CFG\+\+ needs its lambda"):
         Setting(1.0, guidance=GuidanceSpec(rule="cfgpp"))
@@ -323,6 +336,7 @@ def test_cli_bad_guidance_values_are_one_line(pipe: Pipeline, monkeypatch: pytes
     (["--sampler", "ddpm", "--eta", "0.5"], "--eta applies to --sampler ddim only"),
     (["--sampler", "ddim", "--v", "0.5"], "--v applies to --sampler ddpm only"),
     (["--interval", "0,1", "--interval-sigma", "0.5,1"], "give --interval or --interval-sigma, not both"),
+    (["--guidance", "cfgpp"], "--guidance cfgpp needs its lambdas in [0, 1] as --scale"),
 ])
 def test_cli_refuses_options_that_do_not_apply(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                args: list[str], match: str) -> None:

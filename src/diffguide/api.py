@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from .guidance import Interval, Rule, check_weight, guided, resolve_w
+from .guidance import Interval, Rule, check_weight, get_rule, guided, resolve_w
 from .guidance.weight_schedule import WSchedule
 from .models import load_model
 from .nets.protocol import GuidedNetwork, check_network
@@ -24,7 +24,8 @@ from .samplers import get_sampler
 from .schedule import Schedule
 from .validate import positive_int
 
-__all__ = ["Pipeline", "load", "sample_images", "default_max_batch", "ASSETS", "BUILTIN", "CPU_MAX_BATCH"]
+__all__ = ["Pipeline", "load", "sample_images", "check_combination", "default_max_batch", "ASSETS", "BUILTIN",
+           "CPU_MAX_BATCH"]
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors")}
@@ -48,12 +49,29 @@ def _check_pair(net: GuidedNetwork, classifier: nn.Module | None) -> None:
         raise ValueError(f"classifier expects {fmt(shape)} samples but the model makes {fmt(net.sample_shape)}")
 
 
+def check_combination(rule: str | Rule, sampler: str, cg_form: str) -> None:
+    """Refuse, before any work, a rule or classifier-guidance form the sampler cannot honour (the
+    sampler would refuse it too, at its first step)."""
+    if get_rule(rule).name == "cfgpp" and sampler != "ddim":
+        raise ValueError(f"CFG++ re-noises with eps_u, which the {sampler} sampler cannot do: use sampler='ddim'")
+    if cg_form == "mean" and sampler != "ddpm":
+        raise ValueError(f"the mean-shift form of classifier guidance needs sampler='ddpm', got {sampler!r}")
+
+
+def _check_device(module: nn.Module | None, device: torch.device, what: str) -> None:
+    p = next(module.parameters(), None) if module is not None else None
+    if p is not None and p.device.type != device.type:
+        raise ValueError(f"the {what}'s weights are on {p.device} but device={str(device)!r}: move it there "
+                         f"(module.to(device)), or sample through dg.Pipeline, which does")
+
+
 def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Tensor | None = None, *,
                   scale: float | Tensor | None = None, rule: str | Rule = "cfg",
                   w_schedule: str | WSchedule | None = None, interval: Interval | tuple[float, float] | None = None,
                   rescale: float = 0.0, threshold: float | None = None,
                   sampler: Literal["ddim", "ddpm"] = "ddim", steps: int = 50, seed: int = 0,
-                  schedule: Schedule | None = None, classifier: nn.Module | None = None, cg_scale: float = 0.0,
+                  schedule: Schedule | None = None, classifier: nn.Module | None = None,
+                  cg_scale: float | Tensor = 0.0,
                   cg_form: Literal["auto", "score", "mean"] = "auto", unconditional: bool = False,
                   eta: float | None = None, v: float | None = None, clip_x0: float | None = 1.0,
                   batch_size: int = 500, max_batch: int | None | Literal["auto"] = "auto",
@@ -91,11 +109,16 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     extra = {"eta": eta or 0.0} if sampler == "ddim" else {"v": v or 0.0}
     if cg_form == "auto":
         cg_form = "mean" if sampler == "ddpm" else "score"
+    check_combination(rule, sampler, cg_form if classifier is not None else "auto")
     _check_pair(proto, classifier)
     grid = (schedule or proto.train_schedule).grid(steps)
     shape = tuple(proto.sample_shape)
     seeds = sample_seeds(seed, N, start=first_index)
     device = torch.device(device)
+    _check_device(net, device, "network")
+    _check_device(classifier, device, "classifier")
+    if isinstance(cg_scale, Tensor):
+        cg_scale = check_weight(cg_scale, "cg_scale", minimum=0.0, batch=N)
     if max_batch == "auto":
         max_batch = default_max_batch(device)
     out = []
@@ -106,9 +129,10 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     for i in starts:
         c = labels[i:i + batch_size].to(device)
         wi = w[i:i + batch_size] if isinstance(w, Tensor) else w
+        si = cg_scale[i:i + batch_size] if isinstance(cg_scale, Tensor) else cg_scale
         noise = PerSampleNoise(seeds[i:i + batch_size], shape, device=device)
         guide = guided(net, c, wi, rule=rule, w_schedule=w_schedule, interval=interval, rescale=rescale,
-                       threshold=threshold, unconditional=unconditional, classifier=classifier, cg_scale=cg_scale,
+                       threshold=threshold, unconditional=unconditional, classifier=classifier, cg_scale=si,
                        cg_form=cg_form, max_batch=max_batch, autocast=autocast)
         out.append(sample(guide, noise(), grid, noise=noise, clip_x0=clip_x0, **extra).float().cpu())
         if counter is not None:
@@ -146,11 +170,12 @@ class Pipeline:
         return tuple(cast(GuidedNetwork, self.net).sample_shape)
 
     def sample(self, labels: Iterable[int] | Tensor, w: float | Tensor | None = None, *,
-               scale: float | Tensor | None = None, cg_scale: float = 0.0, **kwargs: Any) -> Tensor:
+               scale: float | Tensor | None = None, cg_scale: float | Tensor = 0.0, **kwargs: Any) -> Tensor:
         """See :func:`sample_images`; ``cg_scale > 0`` uses this pipeline's classifier."""
-        if cg_scale and self.classifier is None:
+        uses_cg = isinstance(cg_scale, Tensor) or cg_scale != 0
+        if uses_cg and self.classifier is None:
             raise ValueError("cg_scale > 0 needs a classifier: load one with dg.load(..., classifier=PATH)")
-        clf = self.classifier if cg_scale else None
+        clf = self.classifier if uses_cg else None
         return sample_images(self.net, labels, w, scale=scale, classifier=clf, cg_scale=cg_scale,
                              device=self.device, **kwargs)
 

@@ -146,6 +146,8 @@ def _guidance_options(fn: Any) -> Any:
                      help="APG norm threshold r > 0 on x0_c - x0_u ('inf' = none)."),
         click.option("--apg-eta", type=float, default=0.0, show_default=True,
                      help="APG weight of the parallel component (0 = dropped, 1 with r=inf, beta=0 = CFG)."),
+        click.option("--apg-clip", type=float, default=1.0, show_default=True,
+                     help="APG: data range the denoised predictions are clamped to for the update ('inf' = none)."),
         click.option("--zero-init", type=int, default=1, show_default=True,
                      help="CFG-Zero*: first steps held (no forward, z unchanged; the eps-model analogue)."),
     ]
@@ -163,14 +165,14 @@ def _pair(text: str, name: str) -> tuple[float, float]:
 
 def guidance_spec(method: str, phi: float | None, interval_text: str | None, interval_sigma_text: str | None,
                   w_schedule: str, threshold: float | None, apg_beta: float, apg_r: float, apg_eta: float,
-                  zero_init: int) -> Any:
+                  apg_clip: float, zero_init: int) -> Any:
     """The :class:`~diffguide.guidance.GuidanceSpec` of the guidance options."""
     from .guidance import GuidanceSpec, Interval
 
     if interval_text and interval_sigma_text:
         raise click.BadParameter("give --interval or --interval-sigma, not both", param_hint="--interval")
     params: dict[str, Any] = {"w_schedule": w_schedule, "threshold": threshold, "beta": apg_beta, "r": apg_r,
-                              "eta": apg_eta, "zero_init": zero_init}
+                              "eta": apg_eta, "clip": apg_clip, "zero_init": zero_init}
     if phi is not None:
         params["phi"] = phi
     if interval_text:
@@ -181,8 +183,11 @@ def guidance_spec(method: str, phi: float | None, interval_text: str | None, int
     return GuidanceSpec.method(method, **params)
 
 
-def strengths(w_text: str | None, scale_text: str | None, default: str) -> list[float]:
+def strengths(w_text: str | None, scale_text: str | None, default: str, method: str = "cfg") -> list[float]:
     """The CFG paper's ``w`` values from ``--w`` or ``--scale`` (``s = 1 + w``; not both)."""
+    if method == "cfgpp" and w_text is None and scale_text is None:
+        raise click.BadParameter("--guidance cfgpp needs its lambdas in [0, 1] as --scale, e.g. --scale 0.2,0.6",
+                                 param_hint="--scale")
     if w_text is not None and scale_text is not None:
         raise click.BadParameter("give --w or --scale, not both (scale = 1 + w)", param_hint="--scale")
     if scale_text is not None:
@@ -202,7 +207,7 @@ def sampler_extra(sampler: str, eta: float | None, v: float | None) -> dict[str,
 
 
 _GUIDANCE_KEYS = ("method", "phi", "interval_text", "interval_sigma_text", "w_schedule", "threshold", "apg_beta",
-                  "apg_r", "apg_eta", "zero_init")
+                  "apg_r", "apg_eta", "apg_clip", "zero_init")
 
 
 def _pop_spec(kw: dict[str, Any]) -> Any:
@@ -262,8 +267,9 @@ def sample(checkpoint: str, classifier: str | None, w_text: str | None, scale_te
     """Sample a model at several guidance settings: a PNG grid and an .npz per setting."""
     from .api import load
 
+    method = kw["method"]
     spec = _pop_spec(kw)
-    ws = strengths(w_text, scale_text, "0,1,3")
+    ws = strengths(w_text, scale_text, "0,1,3", method)
     extra = sampler_extra(kw["sampler"], eta, v)
     pipe = load(checkpoint, classifier=classifier, device=kw.pop("device"))
     cg_scales = parse_floats(cg_text, "--cg-scale")
@@ -354,11 +360,12 @@ def sweep(checkpoint: str, classifier: str | None, w_text: str | None, scale_tex
     from .api import load
     from .experiments.sweep import grid_settings, run_sweep
 
+    method = kw["method"]
     spec = _pop_spec(kw)
     sampler_extra(kw["sampler"], eta, v)
     cg_scales = parse_floats(cg_text, "--cg-scale")
-    settings = grid_settings(strengths(w_text, scale_text, "0,0.1,0.2,0.3,0.5,1,2,3,4"), cg_scales, unconditional,
-                             guidance=spec)
+    settings = grid_settings(strengths(w_text, scale_text, "0,0.1,0.2,0.3,0.5,1,2,3,4", method), cg_scales,
+                             unconditional, guidance=spec)
     pipe = load(checkpoint, classifier=classifier, device=device)
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")

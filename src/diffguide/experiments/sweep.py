@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..api import Pipeline
+from ..api import Pipeline, check_combination
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..guidance.spec import GuidanceSpec
 from ..images import from_uint8, load_samples, save_grid, to_uint8
@@ -127,9 +127,9 @@ def grid_settings(ws: Iterable[float], cg_scales: Iterable[float] = (0.0,),
     Duplicates are dropped."""
     scales = [float(s) for s in cg_scales]
     spec = guidance or GuidanceSpec()
-    out = [Setting(w, guidance=spec) for w in ws] + [Setting(0.0, s) for s in scales if s]
+    out = [Setting(w, guidance=spec) for w in ws] + [Setting(0.0, s, guidance=spec) for s in scales if s]
     if unconditional:
-        out += [Setting(0.0, 0.0, True)] + [Setting(0.0, s, True) for s in scales if s]
+        out += [Setting(0.0, 0.0, True, spec)] + [Setting(0.0, s, True, spec) for s in scales if s]
     return list(dict.fromkeys(out))
 
 
@@ -323,6 +323,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
             raise TypeError(f"settings must be Setting instances, got {type(s).__name__}")
         if s.cg_scale and pipe.classifier is None:
             raise ValueError(f"setting {s.tag} uses classifier guidance but the pipeline has no classifier")
+        check_combination(s.guidance.make_rule(), sampler, cg_form if s.cg_scale else "auto")
     K = pipe.num_classes
     if labels is None:
         y = torch.arange(n) % K

@@ -7,11 +7,13 @@ On denoised predictions ``D = x0``: ``delta = D_c - D_u``; reverse momentum
 ``D = D_c + w (perp + eta par)`` (the paper's ``s - 1 = w``). ``eta = 1, r = inf, beta = 0`` is plain
 CFG. The momentum average lives in a per-run state, advanced once per guided evaluation.
 
-``clip``: ``D_c`` and ``D_u`` are clamped to ``[-clip, clip]`` (the data range) first. The paper's
-denoiser (EDM) is bounded; an eps-model's ``x0 = (z - sigma eps) / alpha`` is not as ``lam -> -inf``:
-on the shipped MNIST model ``||x0_c - x0_u||`` is ~2e4 at ``lam = -20`` and ~6 one step later,
-so unclamped, the first step would dominate the momentum and the norm threshold. ``clip=None``
-turns this off (with ``eta = 1, r = inf, beta = 0`` it is then exactly CFG).
+``clip``: the update ``delta`` and the projection are computed from ``D_c`` and ``D_u`` clamped to
+``[-clip, clip]`` (the data range); the result is ``D_c + w (...)`` with the unclamped ``D_c``, so
+``w = 0`` is still exactly the conditional model. The paper's denoiser (EDM) is bounded; an
+eps-model's ``x0 = (z - sigma eps) / alpha`` is not as ``lam -> -inf``: on the shipped MNIST model
+``||x0_c - x0_u||`` is ~2e4 at ``lam = -20`` and ~6 one step later, so unclamped, the first step would
+dominate the momentum and the norm threshold. ``clip=inf`` turns the clamp off (with
+``eta = 1, r = inf, beta = 0`` it is then exactly CFG).
 (diffusers' default branch returns ``u + s delta'`` and ComfyUI allows only ``beta >= 0``: neither
 is the paper's, neither is followed here.)
 """
@@ -37,8 +39,12 @@ class APGState:
     avg: Tensor | None = None
 
 
-def apg_x0(x_c: Tensor, x_u: Tensor, w: Weight, state: APGState, *, beta: float, r: float, eta: float) -> Tensor:
+def apg_x0(x_c: Tensor, x_u: Tensor, w: Weight, state: APGState, *, beta: float, r: float, eta: float,
+           clip: float = math.inf) -> Tensor:
     """One APG combination of denoised predictions ``(B, ...)``; advances ``state``."""
+    out_c = x_c
+    if math.isfinite(clip):
+        x_c, x_u = x_c.clamp(-clip, clip), x_u.clamp(-clip, clip)
     delta = x_c - x_u
     avg = delta if state.avg is None else delta + beta * state.avg  # reverse momentum (Alg. 1)
     state.avg = avg
@@ -48,19 +54,19 @@ def apg_x0(x_c: Tensor, x_u: Tensor, w: Weight, state: APGState, *, beta: float,
     else:
         delta = avg
     par = bcast(flat_dot(delta, x_c) / flat_dot(x_c, x_c).clamp_min(torch.finfo(x_c.dtype).tiny), x_c) * x_c
-    return x_c + wb(w, x_c) * (delta - par + eta * par)
+    return out_c + wb(w, x_c) * (delta - par + eta * par)
 
 
 @dataclass(frozen=True)
 class APG(Rule):
     """``beta``: momentum in (-1, 1) (paper: negative, e.g. -0.5); ``r``: norm threshold > 0 in x0
     units (``inf``: none); ``eta``: weight of the parallel component (0: dropped, the paper's default);
-    ``clip``: the data range the denoised predictions are clamped to (``None``: not clamped)."""
+    ``clip``: the data range the denoised predictions are clamped to for ``delta`` (``inf``: not clamped)."""
 
     beta: float = -0.5
     r: float = 15.0
     eta: float = 0.0
-    clip: float | None = 1.0
+    clip: float = 1.0
     name = "apg"
     space = "x0"
 
@@ -71,16 +77,14 @@ class APG(Rule):
             raise ValueError(f"APG r = {self.r!r} is invalid: expected a norm threshold > 0 (or inf)")
         if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta)):
             raise ValueError(f"APG eta = {self.eta!r} is invalid: expected a finite number")
-        if self.clip is not None and not (isinstance(self.clip, (int, float)) and self.clip > 0):
-            raise ValueError(f"APG clip = {self.clip!r} is invalid: expected a data range > 0 or None")
+        if not (isinstance(self.clip, (int, float)) and self.clip > 0):
+            raise ValueError(f"APG clip = {self.clip!r} is invalid: expected a data range > 0 (inf: no clamp)")
 
     def start(self) -> APGState:
         return APGState()
 
     def pair(self, eps_c: Tensor, eps_u: Tensor, z: Tensor, lam: Tensor, w: Weight, state: object) -> Prediction:
         assert isinstance(state, APGState)
-        x_c, x_u = x0_from_eps(z, eps_c, lam), x0_from_eps(z, eps_u, lam)
-        if self.clip is not None:
-            x_c, x_u = x_c.clamp(-self.clip, self.clip), x_u.clamp(-self.clip, self.clip)
-        x0 = apg_x0(x_c, x_u, w, state, beta=self.beta, r=self.r, eta=self.eta)
+        x0 = apg_x0(x0_from_eps(z, eps_c, lam), x0_from_eps(z, eps_u, lam), w, state, beta=self.beta, r=self.r,
+                    eta=self.eta, clip=self.clip)
         return Prediction(eps_from_x0(z, x0, lam))

@@ -2,6 +2,8 @@
 
 Optimized scale: per sample ``s* = <eps_c, eps_u> / (||eps_u||^2 + 1e-8)`` and
 ``eps~ = s* eps_u + (1 + w)(eps_c - s* eps_u)`` (the paper's ``s = 1 + w``); ``s* = 1`` is plain CFG.
+The paper projects flow velocities; here the projection is of the eps predictions (the issue's
+choice), where ``s*`` is close to 1 at high noise (both predictions ~ z / sigma there).
 
 Zero-init: the paper zeroes the flow's velocity for the first step(s). For a flow that is a no-op
 step (``x`` does not move); for an eps-model, ``eps = 0`` is *not* a no-op (it asserts the latent
@@ -36,7 +38,8 @@ class CFGZeroState:
 
 @dataclass(frozen=True)
 class CFGZeroStar(Rule):
-    """``zero_init``: steps held at the start (0 = none; the paper zeroes ~4 % of the steps, at least 1);
+    """``zero_init``: steps held at the start (0 = none; the paper zeroes ~4 % of the steps, at least 1:
+    1 of DDIM's 25);
     ``optimized``: use ``s*`` (``False`` forces ``s* = 1``, i.e. plain CFG)."""
 
     zero_init: int = 1

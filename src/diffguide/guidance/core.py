@@ -3,7 +3,8 @@
 One evaluation of a :class:`Guidance` at ``(z, lam)`` runs these stages, in this order:
 
 1. **strength**: ``w`` times the schedule ``g(lam)``; outside the guidance interval only the
-   conditional request runs and its prediction is used as it is;
+   conditional request runs and its prediction is used as it is (composed conditions run every
+   request there, with every ``w_i = 0``: ``eps_u + sum_i (eps_i - eps_u)``);
 2. **base combination**: the rule (CFG, APG, CFG++, CFG-Zero* ...) on the positive prediction and the
    negative one (the null condition, a negative condition, or another network), or composed
    conditions (CFG only); every request on one network is one batched forward;
@@ -74,6 +75,9 @@ class Guidance:
             raise ValueError("a nonzero guidance weight needs a negative (null) condition to guide away from")
         for _, w in self.positive:
             self.rule.check(w)
+        if self.w_schedule is not None and not self.rule.zero_is_conditional:
+            raise ValueError(f"a strength schedule is not defined for {self.rule.name}: its strength is not a "
+                             f"weight on top of the conditional model (CFG++'s lambda = 1 + w)")
         self.rescale = check_phi(self.rescale)
         if self.threshold is not None:
             self.threshold = check_percentile(self.threshold)
@@ -91,8 +95,14 @@ class Guidance:
         return GuidanceRun(self, self.rule.start())
 
     def __call__(self, z: Tensor, lam: Tensor) -> Prediction:
-        """One evaluation in a run of its own (fine for stateless rules and for tests)."""
-        return self.start()(z, lam)
+        """One evaluation in a run of its own: for stateless rules only. A rule with per-run state (APG's
+        momentum, CFG-Zero*'s step count) would start afresh at every call, so that raises: samplers
+        call :meth:`start` once per run themselves; a caller evaluating by hand does the same."""
+        run = self.start()
+        if run.state is not None:
+            raise ValueError(f"{self.rule.name} keeps state across the steps of a sampling run: call start() once "
+                             f"per run and evaluate what it returns (samplers do this when handed the Guidance)")
+        return run(z, lam)
 
 
 class GuidanceRun:

@@ -32,14 +32,16 @@ DEFAULT_INTERVAL = (-2 * math.log(1.61), -2 * math.log(0.28))
 
 
 def _num(x: float) -> str:
-    return f"{x:g}"
+    """Shortest round-tripping text of a float (3.0 -> '3'): distinct values give distinct tags."""
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
 
 
 @dataclass(frozen=True)
 class GuidanceSpec:
     """``rule``: ``cfg | apg | cfgpp | cfg-zero``; ``phi``: rescale in [0, 1] (0 = off); ``interval``:
     ``(lam_lo, lam_hi)`` or ``None`` (guide everywhere); ``w_schedule``: ``constant | linear | cosine``;
-    ``threshold``: dynamic-thresholding percentile in (0, 1) or ``None``; ``beta, r, eta``: APG's;
+    ``threshold``: dynamic-thresholding percentile in (0, 1) or ``None``; ``beta, r, eta, clip``: APG's;
     ``zero_init``, ``optimized``: CFG-Zero*'s."""
 
     rule: str = "cfg"
@@ -50,6 +52,7 @@ class GuidanceSpec:
     beta: float = -0.5
     r: float = 15.0
     eta: float = 0.0
+    clip: float = 1.0
     zero_init: int = 1
     optimized: bool = True
 
@@ -58,7 +61,7 @@ class GuidanceSpec:
             raise ValueError(f"unknown guidance rule {self.rule!r}; expected cfg, apg, cfgpp or cfg-zero")
         object.__setattr__(self, "phi", check_phi(self.phi))
         if self.interval is not None:
-            iv = Interval(*self.interval)
+            iv = Interval(*self.interval)  # a list (from JSON) or a tuple
             object.__setattr__(self, "interval", (iv.lo, iv.hi))
         if self.w_schedule not in SCHEDULES:
             raise ValueError(f"unknown guidance schedule {self.w_schedule!r}; expected one of {sorted(SCHEDULES)}")
@@ -82,7 +85,7 @@ class GuidanceSpec:
 
     def make_rule(self) -> Rule:
         if self.rule == "apg":
-            return APG(beta=self.beta, r=self.r, eta=self.eta)
+            return APG(beta=self.beta, r=self.r, eta=self.eta, clip=self.clip)
         if self.rule == "cfgpp":
             return CFGPlusPlus()
         if self.rule == "cfg-zero":
@@ -100,23 +103,26 @@ class GuidanceSpec:
         return self == GuidanceSpec()
 
     def asdict(self) -> dict[str, Any]:
-        """The fields that differ from plain CFG (``{}`` for plain CFG)."""
+        """The fields that differ from plain CFG (``{}`` for plain CFG), as JSON gives them back
+        (the interval as a list), so a stored key compares equal to a fresh one."""
         base = GuidanceSpec()
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != getattr(base, f.name)}
+        return {f.name: list(v) if isinstance(v, tuple) else v for f in dataclasses.fields(self)
+                if (v := getattr(self, f.name)) != getattr(base, f.name)}
 
     @property
     def tag(self) -> str:
-        """A file-name-safe name: ``cfg``, ``apg-b-0.5-r15-e0``, ``cfg+rescale0.7``, ``cfg+interval-0.95_2.55`` ..."""
+        """A file-name-safe name, exact in every parameter: ``cfg``, ``apg-b-0.5-r15-e0``, ``cfg+rescale0.7``,
+        ``cfg+interval-1_2`` ..."""
         parts = [self.rule]
         if self.rule == "apg":
-            parts = [f"apg-b{_num(self.beta)}-r{_num(self.r)}-e{_num(self.eta)}"]
+            parts = [f"apg-b{_num(self.beta)}-r{_num(self.r)}-e{_num(self.eta)}"
+                     + ("" if self.clip == 1.0 else f"-c{_num(self.clip)}")]
         elif self.rule == "cfg-zero":
             parts = [f"cfgzero-k{self.zero_init}" + ("" if self.optimized else "-s1")]
         if self.w_schedule != "constant":
             parts.append(self.w_schedule)
         if self.interval is not None:
-            parts.append(f"interval{self.interval[0]:.3g}_{self.interval[1]:.3g}")
+            parts.append(f"interval{_num(self.interval[0])}_{_num(self.interval[1])}")
         if self.phi:
             parts.append(f"rescale{_num(self.phi)}")
         if self.threshold is not None:

@@ -25,7 +25,8 @@ def check_percentile(p: float) -> float:
 
 def dynamic_threshold(x0: Tensor, p: float = 0.995) -> Tensor:
     """Imagen's dynamic thresholding of ``x0`` ``(B, ...)``; the output lies in ``[-1, 1]``."""
-    s = torch.quantile(x0.flatten(1).abs().float(), p, dim=1).to(x0.dtype).clamp_min(1.0)
+    dtype = torch.promote_types(x0.dtype, torch.float32)  # quantile needs float; float64 stays float64
+    s = torch.quantile(x0.flatten(1).abs().to(dtype), p, dim=1).to(x0.dtype).clamp_min(1.0)
     s = bcast(s, x0)
     return torch.maximum(torch.minimum(x0, s), -s) / s
 

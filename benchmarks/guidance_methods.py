@@ -28,7 +28,7 @@ from diffguide.experiments.sweep import Setting, markdown_table, run_sweep  # no
 from diffguide.guidance import GuidanceSpec  # noqa: E402
 
 # Which methods, at which strengths (w; CFG++'s lambda is 1 + w). Parameters are the papers'
-# recommendations unless a comment says how they were chosen (pilots: results/guidance_methods/README.md).
+# recommendations unless a comment says how they were chosen (the pilot: results/guidance_methods/pilot.md).
 METHODS: dict[str, tuple[GuidanceSpec, list[float]]] = {
     "cfg": (GuidanceSpec(), [0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0]),
     # 10 of DDIM's 25 steps lie in lam [-1.6, 1] (sigma 0.61 ... 2.23): NFE 35 = 0.7x CFG's 50 (pilot.md)

@@ -34,7 +34,7 @@ METHODS: dict[str, tuple[GuidanceSpec, list[float]]] = {
     # 10 of DDIM's 25 steps lie in lam [-1.6, 1] (sigma 0.61 ... 2.23): NFE 35 = 0.7x CFG's 50 (pilot.md)
     "interval": (GuidanceSpec(interval=(-1.6, 1.0)), [0.5, 1.0, 2.0, 3.0, 4.0]),
     "apg": (GuidanceSpec(rule="apg", beta=-0.5, r=1.0, eta=0.0), [0.5, 1.0, 2.0, 3.0, 4.0]),  # r = 1: pilot.md
-    "rescale": (GuidanceSpec.method("rescale"), [0.5, 1.0, 2.0, 3.0, 4.0]),  # phi = 0.7 (Lin et al.)
+    "rescale": (GuidanceSpec.method("rescale"), [0.3, 0.5, 1.0, 2.0, 3.0, 4.0]),  # phi = 0.7 (Lin et al.)
     "cfg-zero": (GuidanceSpec(rule="cfg-zero"), [0.2, 0.5, 1.0, 2.0, 3.0]),  # 1 of 25 steps held (~4 %)
     "cfgpp": (GuidanceSpec(rule="cfgpp"), [-0.8, -0.6, -0.4, -0.2, 0.0]),  # lambda = 0.2 ... 1.0
     "interval-paper": (GuidanceSpec.method("interval"), [0.5, 1.0, 2.0, 3.0, 4.0]),  # sigma 0.28 ... 1.61

@@ -139,19 +139,20 @@ class GuidanceRun:
         ws = [scaled(w, g) for _, w in G.positive]
         pos = [r for r, _ in G.positive]
         # 1-2. the base combination (only the conditional forward where nothing is guided)
+        combined = True
         if len(pos) > 1:  # composed conditions (CFG only); outside the interval every w_i is 0
             assert G.negative is not None
             preds = G.engine([*pos, G.negative], z, lam)
             pred = Prediction(composed(preds[:-1], preds[-1], ws))
         elif G.negative is None or not guided or (G.rule.zero_is_conditional and _is_zero(ws[0])):
             preds = G.engine(pos, z, lam)
-            pred = Prediction(preds[0])
+            pred, combined = Prediction(preds[0]), False
         else:
             preds = G.engine([*pos, G.negative], z, lam)
             pred = G.rule.pair(preds[0], preds[1], z, lam, ws[0], self.state)
         eps = pred.eps
         # 3. rescale to the conditional prediction's std (x0 space)
-        if G.rescale and guided:
+        if G.rescale and combined:
             eps = rescale(eps, preds[0], z, lam, G.rescale)
         # 4. classifier gradient
         mean_grad = None

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ..api import Pipeline, check_combination
 from ..fileio import atomic_write_bytes, atomic_write_text
-from ..guidance.spec import GuidanceSpec
+from ..guidance.spec import GuidanceSpec, num_text
 from ..images import from_uint8, load_samples, save_grid, to_uint8
 from ..metrics import FeatureNet, ReferenceStats, mnist_reference_stats, sample_metrics, weights_hash
 from ..validate import positive_int
@@ -58,12 +58,6 @@ METRICS_VERSION = 2
 # Columns first in results.csv (others follow alphabetically).
 COLUMNS = ["tag", "method", "w", "cg_scale", "unconditional", "n", "fid", "is_mean", "is_std", "precision",
            "recall", "accuracy", "nfe", "sample_seconds", "metrics_seconds", "sampler", "steps", "seed"]
-
-
-def _num(x: float) -> str:
-    """Shortest round-tripping text of a float, without a trailing ``.0``: 3.0 -> '3', 0.1 -> '0.1'."""
-    s = repr(float(x))
-    return s[:-2] if s.endswith(".0") else s
 
 
 @dataclass(frozen=True)
@@ -103,8 +97,8 @@ class Setting:
     @property
     def tag(self) -> str:
         """Stable file-name-safe name: ``w0.5``, ``w0_cg3``, ``uncond``, ``uncond_cg3``, ``apg-b-0.5-r15-e0_w2``."""
-        base = "uncond" if self.unconditional else f"w{_num(self.w)}"
-        base += f"_cg{_num(self.cg_scale)}" if self.cg_scale else ""
+        base = "uncond" if self.unconditional else f"w{num_text(self.w)}"
+        base += f"_cg{num_text(self.cg_scale)}" if self.cg_scale else ""
         return base if self.guidance.is_plain else f"{self.guidance.tag}_{base}"
 
     @property

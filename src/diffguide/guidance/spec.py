@@ -23,7 +23,7 @@ from .rule import Rule
 from .threshold import check_percentile
 from .weight_schedule import SCHEDULES
 
-__all__ = ["GuidanceSpec", "METHODS", "DEFAULT_INTERVAL"]
+__all__ = ["GuidanceSpec", "METHODS", "DEFAULT_INTERVAL", "num_text"]
 
 # The CLI's --guidance names: a rule, or plain CFG with one stage switched on.
 METHODS = ("cfg", "rescale", "interval", "apg", "cfgpp", "cfg-zero")
@@ -31,8 +31,9 @@ METHODS = ("cfg", "rescale", "interval", "apg", "cfgpp", "cfg-zero")
 DEFAULT_INTERVAL = (-2 * math.log(1.61), -2 * math.log(0.28))
 
 
-def _num(x: float) -> str:
-    """Shortest round-tripping text of a float (3.0 -> '3'): distinct values give distinct tags."""
+def num_text(x: float) -> str:
+    """Shortest round-tripping text of a float, without a trailing ``.0`` (3.0 -> '3', 0.1 -> '0.1'):
+    distinct values give distinct tags (guidance methods here, sweep settings in experiments.sweep)."""
     text = repr(float(x))
     return text[:-2] if text.endswith(".0") else text
 
@@ -115,16 +116,16 @@ class GuidanceSpec:
         ``cfg+interval-1_2`` ..."""
         parts = [self.rule]
         if self.rule == "apg":
-            parts = [f"apg-b{_num(self.beta)}-r{_num(self.r)}-e{_num(self.eta)}"
-                     + ("" if self.clip == 1.0 else f"-c{_num(self.clip)}")]
+            parts = [f"apg-b{num_text(self.beta)}-r{num_text(self.r)}-e{num_text(self.eta)}"
+                     + ("" if self.clip == 1.0 else f"-c{num_text(self.clip)}")]
         elif self.rule == "cfg-zero":
             parts = [f"cfgzero-k{self.zero_init}" + ("" if self.optimized else "-s1")]
         if self.w_schedule != "constant":
             parts.append(self.w_schedule)
         if self.interval is not None:
-            parts.append(f"interval{_num(self.interval[0])}_{_num(self.interval[1])}")
+            parts.append(f"interval{num_text(self.interval[0])}_{num_text(self.interval[1])}")
         if self.phi:
-            parts.append(f"rescale{_num(self.phi)}")
+            parts.append(f"rescale{num_text(self.phi)}")
         if self.threshold is not None:
-            parts.append(f"dthr{_num(self.threshold)}")
+            parts.append(f"dthr{num_text(self.threshold)}")
         return "+".join(parts)

@@ -28,7 +28,7 @@ def nets() -> tuple[torch.nn.Module, torch.nn.Module]:
     return _randomised("diffusion"), _randomised("classifier")
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp-2m", "unipc", "heun", "euler"])
 @pytest.mark.parametrize("via", ["sample_images", "pipeline_cg"])
 def test_same_seed_same_samples_whatever_the_batching(nets, sampler, via):
     net, clf = nets

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from copy import deepcopy
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,9 +20,8 @@ from .guidance.weight_schedule import WSchedule
 from .models import load_model
 from .nets.protocol import GuidedNetwork, check_network
 from .noise import PerSampleNoise, sample_seeds
-from .samplers import get_sampler
+from .sampling import SamplingConfig, takers
 from .schedule import Schedule
-from .validate import positive_int
 
 __all__ = ["Pipeline", "load", "sample_images", "check_combination", "default_max_batch", "ASSETS", "BUILTIN",
            "CPU_MAX_BATCH"]
@@ -49,13 +48,18 @@ def _check_pair(net: GuidedNetwork, classifier: nn.Module | None) -> None:
         raise ValueError(f"classifier expects {fmt(shape)} samples but the model makes {fmt(net.sample_shape)}")
 
 
-def check_combination(rule: str | Rule, sampler: str, cg_form: str) -> None:
+def check_combination(rule: str | Rule, sampling: SamplingConfig, uses_classifier: bool = False) -> None:
     """Refuse, before any work, a rule or classifier-guidance form the sampler cannot honour (the
     sampler would refuse it too, at its first step)."""
-    if get_rule(rule).name == "cfgpp" and sampler != "ddim":
-        raise ValueError(f"CFG++ re-noises with eps_u, which the {sampler} sampler cannot do: use sampler='ddim'")
-    if cg_form == "mean" and sampler != "ddpm":
-        raise ValueError(f"the mean-shift form of classifier guidance needs sampler='ddpm', got {sampler!r}")
+    takes = sampling.takes
+    if takes is None:  # a user's sampler checks for itself
+        return
+    if get_rule(rule).name == "cfgpp" and "eps_renoise" not in takes:
+        raise ValueError(f"CFG++ re-noises with eps_u, which the {sampling.name} sampler cannot do: use "
+                         f"{' or '.join(takers('eps_renoise'))}")
+    if uses_classifier and sampling.resolved_cg_form() == "mean" and "mean_grad" not in takes:
+        raise ValueError(f"the mean-shift form of classifier guidance needs {' or '.join(takers('mean_grad'))}, "
+                         f"got {sampling.name!r}")
 
 
 def _check_device(module: nn.Module | None, device: torch.device, what: str) -> None:
@@ -68,15 +72,10 @@ def _check_device(module: nn.Module | None, device: torch.device, what: str) -> 
 def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Tensor | None = None, *,
                   scale: float | Tensor | None = None, rule: str | Rule = "cfg",
                   w_schedule: str | WSchedule | None = None, interval: Interval | tuple[float, float] | None = None,
-                  rescale: float = 0.0, threshold: float | None = None,
-                  sampler: Literal["ddim", "ddpm"] = "ddim", steps: int = 50, seed: int = 0,
-                  schedule: Schedule | None = None, classifier: nn.Module | None = None,
-                  cg_scale: float | Tensor = 0.0,
-                  cg_form: Literal["auto", "score", "mean"] = "auto", unconditional: bool = False,
-                  eta: float | None = None, v: float | None = None, clip_x0: float | None = 1.0,
-                  batch_size: int = 500, max_batch: int | None | Literal["auto"] = "auto",
-                  device: str | torch.device = "cpu", autocast: torch.dtype | None = None, first_index: int = 0,
-                  progress: bool = False, counter: dict[str, int] | None = None) -> Tensor:
+                  rescale: float = 0.0, threshold: float | None = None, classifier: nn.Module | None = None,
+                  cg_scale: float | Tensor = 0.0, unconditional: bool = False, sampling: SamplingConfig | None = None,
+                  schedule: Schedule | None = None, device: str | torch.device = "cpu", first_index: int = 0,
+                  progress: bool = False, counter: dict[str, int] | None = None, **options: Any) -> Tensor:
     """Guided samples, one per label: float32 ``(N, *sample_shape)`` in [-1, 1] on the CPU.
 
     ``net`` implements the network protocol (:mod:`diffguide.nets.protocol`). ``w`` is the CFG paper's
@@ -84,57 +83,52 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     not both). ``rule``, ``w_schedule``, ``interval``, ``rescale`` and ``threshold`` select the
     guidance method (see :func:`diffguide.guidance.guided`). ``unconditional=True`` samples the null
     condition instead (then only classifier guidance steers). ``cg_scale`` is the classifier-guidance
-    scale ``s``; ``cg_form`` ``"score"`` (``eps - s sigma grad``, any sampler) or ``"mean"`` (DDPM
-    mean shift, ADM Alg. 1); ``"auto"`` = mean on DDPM, score elsewhere. ``eta`` is DDIM's and ``v``
-    DDPM's only. Sample ``i`` uses the noise stream seeded by ``(seed, first_index + i)``, so results
-    do not depend on ``batch_size``. ``clip_x0`` clamps the predicted clean image (``None`` to
-    disable). ``max_batch``: rows per network forward (fp32 results are bit-identical for any value);
-    ``"auto"`` = :func:`default_max_batch`. ``autocast``: reduced precision for network forwards.
-    ``counter``, if given, gets ``forwards`` and ``evaluations`` (per sample) added to it.
+    scale ``s`` (with ``classifier``).
+
+    How to sample is ``sampling`` (a :class:`~diffguide.sampling.SamplingConfig`; default: its
+    defaults), with any of its fields, or a sampler option, given here as a keyword overriding it
+    (``sampler="unipc", steps=10``, ``eta=1.0``): see :meth:`SamplingConfig.make`. ``schedule``: the
+    grid's schedule (default: the network's training schedule). Sample ``i`` uses the noise stream
+    seeded by ``(seed, first_index + i)``, so results do not depend on ``batch_size`` or
+    ``max_batch`` (fp32). ``counter``, if given, gets ``forwards`` and ``evaluations`` (per sample)
+    added to it.
     """
     net = cast(nn.Module, check_network(net))
     proto = cast(GuidedNetwork, net)
+    cfg = SamplingConfig.make(sampling, **options)
     labels = torch.as_tensor(list(labels) if not isinstance(labels, Tensor) else labels)
     if labels.ndim < 1 or labels.shape[0] == 0:
         raise ValueError(f"labels must be a non-empty batch of conditions, got shape {tuple(labels.shape)}")
     if not labels.is_floating_point():
         labels = labels.long()
     N = labels.shape[0]
-    batch_size = positive_int(batch_size, "batch_size")
     w = check_weight(resolve_w(w, scale), "w", minimum=-1.0, batch=N)
-    sample = get_sampler(sampler)
-    for name, value, owner in (("eta", eta, "ddim"), ("v", v, "ddpm")):
-        if value is not None and sampler != owner:
-            raise ValueError(f"{name} = {value} applies to the {owner} sampler only, not to {sampler!r}")
-    extra = {"eta": eta or 0.0} if sampler == "ddim" else {"v": v or 0.0}
-    if cg_form == "auto":
-        cg_form = "mean" if sampler == "ddpm" else "score"
-    check_combination(rule, sampler, cg_form if classifier is not None else "auto")
+    check_combination(rule, cfg, classifier is not None)
     _check_pair(proto, classifier)
-    grid = (schedule or proto.train_schedule).grid(steps)
+    grid = cfg.lams(schedule or proto.train_schedule)
     shape = tuple(proto.sample_shape)
-    seeds = sample_seeds(seed, N, start=first_index)
+    seeds = sample_seeds(cfg.seed, N, start=first_index)
     device = torch.device(device)
     _check_device(net, device, "network")
     _check_device(classifier, device, "classifier")
     if isinstance(cg_scale, Tensor):
         cg_scale = check_weight(cg_scale, "cg_scale", minimum=0.0, batch=N)
-    if max_batch == "auto":
-        max_batch = default_max_batch(device)
+    max_batch = default_max_batch(device) if cfg.max_batch == "auto" else cfg.max_batch
+    autocast, sample = cfg.autocast(device), cfg.fn
     out = []
-    starts = range(0, N, batch_size)
+    starts = range(0, N, cfg.batch_size)
     if progress:
         from tqdm import tqdm
         starts = tqdm(starts, unit="batch", leave=False)
     for i in starts:
-        c = labels[i:i + batch_size].to(device)
-        wi = w[i:i + batch_size] if isinstance(w, Tensor) else w
-        si = cg_scale[i:i + batch_size] if isinstance(cg_scale, Tensor) else cg_scale
-        noise = PerSampleNoise(seeds[i:i + batch_size], shape, device=device)
+        c = labels[i:i + cfg.batch_size].to(device)
+        wi = w[i:i + cfg.batch_size] if isinstance(w, Tensor) else w
+        si = cg_scale[i:i + cfg.batch_size] if isinstance(cg_scale, Tensor) else cg_scale
+        noise = PerSampleNoise(seeds[i:i + cfg.batch_size], shape, device=device)
         guide = guided(net, c, wi, rule=rule, w_schedule=w_schedule, interval=interval, rescale=rescale,
                        threshold=threshold, unconditional=unconditional, classifier=classifier, cg_scale=si,
-                       cg_form=cg_form, max_batch=max_batch, autocast=autocast)
-        out.append(sample(guide, noise(), grid, noise=noise, clip_x0=clip_x0, **extra).float().cpu())
+                       cg_form=cfg.resolved_cg_form(), max_batch=max_batch, autocast=autocast)
+        out.append(sample(guide, noise(), grid, noise=noise, clip_x0=cfg.clip_x0).float().cpu())
         if counter is not None:
             counter["forwards"] = counter.get("forwards", 0) + guide.engine.forwards
             counter["evaluations"] = counter.get("evaluations", 0) + guide.engine.evaluations * c.shape[0]

@@ -12,6 +12,10 @@ import click
 
 __all__ = ["main", "cli", "parse_floats", "parse_labels"]
 
+# The demo's quick sweep: the sampler and steps that measured best at about 10 evaluations
+# (benchmarks/results/solvers/).
+DEMO_SWEEP = ("ddim", 10)
+
 
 def parse_floats(text: str, name: str) -> list[float]:
     """``"0,0.5,2"`` -> ``[0.0, 0.5, 2.0]``."""
@@ -197,13 +201,68 @@ def strengths(w_text: str | None, scale_text: str | None, default: str, method: 
     return parse_floats(default if w_text is None else w_text, "--w")
 
 
-def sampler_extra(sampler: str, eta: float | None, v: float | None) -> dict[str, Any]:
-    """``eta`` for DDIM, ``v`` for DDPM; the one that does not apply is refused, not ignored."""
-    if eta is not None and sampler != "ddim":
-        raise click.BadParameter(f"--eta applies to --sampler ddim only, not {sampler}", param_hint="--eta")
-    if v is not None and sampler != "ddpm":
-        raise click.BadParameter(f"--v applies to --sampler ddpm only, not {sampler}", param_hint="--v")
-    return {"eta": eta or 0.0} if sampler == "ddim" else {"v": v or 0.0}
+def _sampling_options(fn: Any) -> Any:
+    """The sampling options of ``sample`` and ``sweep``: one set, with one set of defaults
+    (:class:`~diffguide.sampling.SamplingConfig`'s)."""
+    from .precision import PRECISIONS
+    from .samplers import SAMPLERS
+    from .sampling import SamplingConfig
+    from .schedule import GRIDS
+
+    d = SamplingConfig()
+    opts = [
+        click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=str(d.sampler), show_default=True,
+                     help="ddpm: ancestral (CFG paper Alg. 2); ddim (eta = 0: the ODE, first order); dpmpp-2m: "
+                          "DPM-Solver++(2M), second order; unipc: UniPC-bh2 predictor-corrector, third order; "
+                          "heun: EDM Heun, second order, 2 steps - 1 evaluations; euler: EDM Euler (= DDIM)."),
+        click.option("--steps", type=int, default=d.steps, show_default=True,
+                     help="Grid steps (model evaluations; heun: 2 steps - 1)."),
+        click.option("--grid", type=click.Choice(list(GRIDS)), default=d.grid, show_default=True,
+                     help="schedule: the training schedule's spacing; lam: uniform in log-SNR; karras: EDM's, --rho."),
+        click.option("--rho", type=float, default=d.rho, show_default=True, help="Karras grid exponent rho > 0."),
+        click.option("--eta", type=float, help="DDIM noise (0 = deterministic; ddim only).  [default: 0]"),
+        click.option("--v", type=float,
+                     help="DDPM variance interpolation (CFG paper Alg. 2; ddpm only).  [default: 0]"),
+        click.option("--order", type=int, help="UniPC order 1..3 (unipc only).  [default: 2]"),
+        click.option("--skip-corrector", type=int,
+                     help="UniPC: no corrector for the first N steps, advised at large w (unipc only).  [default: 0]"),
+        click.option("--lower-order-final", is_flag=True, default=None,
+                     help="First order on the last finite step (dpmpp-2m, unipc; advised below ~15 steps)."),
+        click.option("--precision", type=click.Choice(list(PRECISIONS)), default=d.precision, show_default=True,
+                     help="Network forwards in fp32 or bf16 autocast; auto: bf16 where native (CUDA, AMX/avx512_bf16 "
+                          "CPUs). Only fp32 samples are bit-identical across machines."),
+        click.option("--cg-form", type=click.Choice(["auto", "score", "mean"]), default=d.cg_form, show_default=True,
+                     help="Classifier guidance: score: eps - s sigma grad (any sampler); mean: DDPM mean shift; "
+                          "auto: mean on ddpm."),
+        click.option("--seed", type=int, default=d.seed, show_default=True,
+                     help="Sample i uses the noise stream seeded by (seed, i)."),
+        click.option("--batch-size", type=int, default=d.batch_size, show_default=True,
+                     help="Samples per sampling run (and per saved sweep chunk); does not change fp32 samples."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+_SAMPLING_KEYS = ("sampler", "steps", "grid", "rho", "eta", "v", "order", "skip_corrector", "lower_order_final",
+                  "precision", "cg_form", "seed", "batch_size")
+
+
+def _pop_sampling(kw: dict[str, Any]) -> Any:
+    """The :class:`~diffguide.sampling.SamplingConfig` of the sampling options; an option the sampler
+    does not take is refused, not ignored."""
+    from .sampling import SamplingConfig, option_owners
+
+    values = {k: kw.pop(k) for k in _SAMPLING_KEYS}
+    for k in ("eta", "v", "order", "skip_corrector", "lower_order_final"):
+        owners = option_owners(k)
+        if values[k] is not None and values["sampler"] not in owners:
+            raise click.BadParameter(f"--{k.replace('_', '-')} applies to --sampler {' or '.join(owners)} only, "
+                                     f"not {values['sampler']}", param_hint=f"--{k.replace('_', '-')}")
+    try:
+        return SamplingConfig.make(**values)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 _GUIDANCE_KEYS = ("method", "phi", "interval_text", "interval_sigma_text", "w_schedule", "threshold", "apg_beta",
@@ -216,24 +275,24 @@ def _pop_spec(kw: dict[str, Any]) -> Any:
 
 # ----------------------------------------------------------------------------------------- sampling
 def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float], labels: list[int], n: int,
-                 guidance: Any = None, **kw: Any) -> list[Path]:
+                 guidance: Any = None, sampling: Any = None, unconditional: bool = False) -> list[Path]:
     """One PNG grid (rows = classes) and one .npz per (w, cg_scale) setting, with the guidance method
-    ``guidance`` (a :class:`~diffguide.guidance.GuidanceSpec`; plain CFG if ``None``)."""
-    from .guidance import GuidanceSpec
-
-    spec = guidance or GuidanceSpec()
-    from .images import save_grid, save_samples
-
-    per = max(1, n // len(labels))
+    ``guidance`` (a :class:`~diffguide.guidance.GuidanceSpec`; plain CFG if ``None``) and the
+    :class:`~diffguide.sampling.SamplingConfig` ``sampling``."""
     import torch
 
+    from .guidance import GuidanceSpec
+    from .images import save_grid, save_samples
+
+    spec = guidance or GuidanceSpec()
+    per = max(1, n // len(labels))
     y = torch.tensor(labels).repeat_interleave(per)
     written = []
     for w in ws:
         for s in cg_scales:
             t0 = time.time()
-            x = pipe.sample(y, w, cg_scale=s, **spec.kwargs(), **kw)
-            tag = ("uncond" if kw.get("unconditional") else f"w{w:g}") + (f"_cg{s:g}" if s else "")
+            x = pipe.sample(y, w, cg_scale=s, unconditional=unconditional, sampling=sampling, **spec.kwargs())
+            tag = ("uncond" if unconditional else f"w{w:g}") + (f"_cg{s:g}" if s else "")
             tag = tag if spec.is_plain else f"{spec.tag}_{tag}"
             written.append(save_grid(x, out / f"{tag}.png", nrow=per))
             save_samples(out / f"{tag}.npz", x, y, w=w, cg_scale=s)
@@ -249,34 +308,27 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 @click.option("--scale", "scale_text", help="Guidance scales s = 1 + w (diffusers' guidance_scale), instead of --w.")
 @_guidance_options
 @click.option("--cg-scale", "cg_text", default="0", show_default=True, help="Classifier-guidance scales s.")
-@click.option("--cg-form", type=click.Choice(["auto", "score", "mean"]), default="auto", show_default=True,
-              help="score: eps - s sigma grad; mean: DDPM mean shift; auto: mean on ddpm.")
 @click.option("--unconditional", is_flag=True, help="Sample the null label (classifier guidance alone steers).")
 @click.option("--labels", default="0-9", show_default=True)
 @click.option("--n", default=100, show_default=True, help="Samples per setting (split evenly over labels).")
-@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
-@click.option("--steps", default=50, show_default=True)
-@click.option("--eta", type=float, help="DDIM noise (0 = deterministic; ddim only).  [default: 0]")
-@click.option("--v", type=float, help="DDPM variance interpolation (CFG paper Alg. 2; ddpm only).  [default: 0]")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--batch-size", default=500, show_default=True)
+@_sampling_options
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default="out/samples", show_default=True, type=click.Path(file_okay=False))
 def sample(checkpoint: str, classifier: str | None, w_text: str | None, scale_text: str | None, cg_text: str,
-           labels: str, out: str, eta: float | None, v: float | None, **kw: Any) -> None:
+           unconditional: bool, labels: str, n: int, device: str, out: str, **kw: Any) -> None:
     """Sample a model at several guidance settings: a PNG grid and an .npz per setting."""
     from .api import load
 
     method = kw["method"]
     spec = _pop_spec(kw)
+    sampling = _pop_sampling(kw)
     ws = strengths(w_text, scale_text, "0,1,3", method)
-    extra = sampler_extra(kw["sampler"], eta, v)
-    pipe = load(checkpoint, classifier=classifier, device=kw.pop("device"))
+    pipe = load(checkpoint, classifier=classifier, device=device)
     cg_scales = parse_floats(cg_text, "--cg-scale")
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
-    sample_grids(pipe, Path(out), ws=ws, cg_scales=cg_scales, labels=parse_labels(labels, pipe.num_classes),
-                 guidance=spec, **extra, **kw)
+    sample_grids(pipe, Path(out), ws=ws, cg_scales=cg_scales, labels=parse_labels(labels, pipe.num_classes), n=n,
+                 guidance=spec, sampling=sampling, unconditional=unconditional)
 
 
 @cli.command()
@@ -285,22 +337,30 @@ def sample(checkpoint: str, classifier: str | None, w_text: str | None, scale_te
 @click.option("--sweep-w", "sweep_w", default="0,0.5,1,2,4", show_default=True,
               help="CFG weights of the closing quick sweep ('' to skip it).")
 @click.option("--sweep-n", default=1000, show_default=True, help="Samples per weight in the quick sweep.")
-@click.option("--sweep-steps", default=10, show_default=True, help="DDIM steps in the quick sweep.")
-def demo(out: str, steps: int, sweep_w: str, sweep_n: int, sweep_steps: int) -> None:
+@click.option("--sweep-sampler", default=DEMO_SWEEP[0], show_default=True,
+              type=click.Choice(["ddpm", "ddim", "dpmpp-2m", "unipc", "heun", "euler"]),
+              help="Sampler of the quick sweep (the best measured at ~10 evaluations).")
+@click.option("--sweep-steps", default=DEMO_SWEEP[1], show_default=True, help="Steps of the quick sweep.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="fp32", show_default=True,
+              help="Network forwards in fp32 or bf16 autocast; auto: bf16 where native.")
+def demo(out: str, steps: int, sweep_w: str, sweep_n: int, sweep_sampler: str, sweep_steps: int,
+         precision: str) -> None:
     """The main job: sample the shipped MNIST model at w = 0, 1, 3 (10 per class each), then a quick
     guidance sweep (FID, IS, precision/recall, class accuracy vs w; table and plots)."""
     from .api import load
     from .experiments.sweep import grid_settings, run_sweep
+    from .sampling import SamplingConfig
 
     t0 = time.time()
     pipe = load("mnist")
     written = sample_grids(pipe, Path(out), ws=[0.0, 1.0, 3.0], cg_scales=[0.0], labels=list(range(10)), n=100,
-                           sampler="ddim", steps=steps, seed=0)
+                           sampling=SamplingConfig.make(sampler="ddim", steps=steps, precision=precision))
     report: dict[str, Any] = {"grids": [str(p) for p in written]}
     if sweep_w.strip():
-        click.echo(f"quick sweep: w = {sweep_w}, {sweep_n} samples each, DDIM {sweep_steps} steps", err=True)
+        quick = SamplingConfig.make(sampler=sweep_sampler, steps=sweep_steps, precision=precision)
+        click.echo(f"quick sweep: w = {sweep_w}, {sweep_n} samples each, {quick.describe()}", err=True)
         rows = run_sweep(pipe, grid_settings(parse_floats(sweep_w, "--sweep-w"), [0.0], False), n=sweep_n,
-                         sampler="ddim", steps=sweep_steps, seed=0, out=Path(out) / "sweep", progress=True)
+                         sampling=quick, out=Path(out) / "sweep", progress=True)
         report["sweep"] = {"table": str(Path(out) / "sweep" / "results.csv"),
                            "plot": str(Path(out) / "sweep" / "sweep.png"),
                            "rows": [{k: r[k] for k in ("tag", "fid", "is_mean", "precision", "recall", "accuracy")}
@@ -332,14 +392,7 @@ def demo_gmm(out: str) -> None:
 @click.option("--unconditional", is_flag=True,
               help="Also run the null-label model unguided and at each nonzero --cg-scale.")
 @click.option("--n", default=10_000, show_default=True, help="Samples per setting (labels i mod K, balanced).")
-@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddpm", show_default=True)
-@click.option("--steps", default=256, show_default=True)
-@click.option("--eta", type=float, help="DDIM noise (0 = deterministic; ddim only).  [default: 0]")
-@click.option("--v", type=float, help="DDPM variance interpolation (CFG paper Alg. 2; ddpm only).  [default: 0]")
-@click.option("--cg-form", type=click.Choice(["auto", "score", "mean"]), default="auto", show_default=True,
-              help="score: eps - s sigma grad; mean: DDPM mean shift; auto: mean on ddpm.")
-@click.option("--seed", default=0, show_default=True, help="Sample i uses seed (seed, i) in every setting.")
-@click.option("--batch-size", default=500, show_default=True, help="Samples per forward pass and per saved chunk.")
+@_sampling_options
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False),
               help="MNIST evaluator weights (default: shipped).")
 @click.option("--device", default="cpu", show_default=True)
@@ -348,7 +401,7 @@ def demo_gmm(out: str) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def sweep(checkpoint: str, classifier: str | None, w_text: str | None, scale_text: str | None, cg_text: str,
           unconditional: bool, n: int, evaluator_path: str | None, device: str, out: str, no_plot: bool,
-          no_progress: bool, eta: float | None, v: float | None, **kw: Any) -> None:
+          no_progress: bool, **kw: Any) -> None:
     """Sample and score a model over guidance settings: FID, IS, precision/recall, class accuracy.
 
     Settings: every --w with CFG alone (tag w<w>), then every nonzero --cg-scale s on the
@@ -362,7 +415,7 @@ def sweep(checkpoint: str, classifier: str | None, w_text: str | None, scale_tex
 
     method = kw["method"]
     spec = _pop_spec(kw)
-    sampler_extra(kw["sampler"], eta, v)
+    sampling = _pop_sampling(kw)
     cg_scales = parse_floats(cg_text, "--cg-scale")
     settings = grid_settings(strengths(w_text, scale_text, "0,0.1,0.2,0.3,0.5,1,2,3,4", method), cg_scales,
                              unconditional, guidance=spec)
@@ -374,8 +427,8 @@ def sweep(checkpoint: str, classifier: str | None, w_text: str | None, scale_tex
         from .metrics import load_evaluator
 
         evaluator = load_evaluator(evaluator_path, device=device)
-    rows = run_sweep(pipe, settings, n=n, out=Path(out), evaluator=evaluator, progress=not no_progress,
-                     plot=not no_plot, eta=eta or 0.0, v=v or 0.0, **kw)
+    rows = run_sweep(pipe, settings, n=n, out=Path(out), sampling=sampling, evaluator=evaluator,
+                     progress=not no_progress, plot=not no_plot)
     width = max(14, *(len(r["tag"]) + 2 for r in rows))
     click.echo(f"{'setting':<{width}}{'FID':>9}{'IS':>14}{'prec':>7}{'recall':>7}{'acc':>7}{'NFE':>6}")
     for r in rows:

@@ -27,6 +27,9 @@ __all__ = [
     "Schedule",
     "check_grid",
     "get_schedule",
+    "GRIDS",
+    "lam_range",
+    "sampling_grid",
 ]
 
 
@@ -201,3 +204,51 @@ def get_schedule(name: str) -> ContinuousSchedule | DiscreteSchedule:
     if name == "cosine":
         return DiscreteSchedule.cosine()
     raise ValueError(f"unknown schedule {name!r}; expected 'continuous', 'linear' or 'cosine'")
+
+
+GRIDS = ("schedule", "lam", "karras")
+
+
+def lam_range(schedule: Schedule) -> tuple[float, float]:
+    """``(lam_min, lam_max)``: the log-SNR range a schedule trains on (a discrete table's ends)."""
+    if isinstance(schedule, DiscreteSchedule):
+        return schedule.lams[-1], schedule.lams[0]
+    lo, hi = getattr(schedule, "lam_min", None), getattr(schedule, "lam_max", None)
+    if lo is None or hi is None:
+        raise ValueError(f"{type(schedule).__name__} has no lam_min/lam_max: give the grid's lam range explicitly")
+    return float(lo), float(hi)
+
+
+def sampling_grid(schedule: Schedule, steps: int, kind: str = "schedule", *, rho: float = 7.0,
+                  lam_min: float | None = None, lam_max: float | None = None) -> Tensor:
+    """An increasing float64 grid of ``steps`` finite ``lam`` values, then ``+inf``.
+
+    - ``"schedule"``: the training schedule's own (:meth:`ContinuousSchedule.grid`: uniform in its
+      ``u``; a discrete schedule's evenly spaced timesteps);
+    - ``"lam"``: uniform in log-SNR from ``lam_min`` to ``lam_max``, both included (DPM-Solver's
+      "logSNR" spacing);
+    - ``"karras"``: EDM's (Karras et al. 2022, eq. 5) in ``s = exp(-lam/2)``:
+      ``s_i = (s_max^(1/rho) + i/(steps-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``, ``rho = 7``.
+
+    ``lam_min``/``lam_max`` default to the schedule's training range (:func:`lam_range`).
+    """
+    steps = _check_steps(steps)
+    if kind == "schedule":
+        return check_grid(schedule.grid(steps))
+    if kind not in GRIDS:
+        raise ValueError(f"unknown grid {kind!r}; expected one of {', '.join(GRIDS)}")
+    lo_default, hi_default = lam_range(schedule) if lam_min is None or lam_max is None else (lam_min, lam_max)
+    lo = float(lo_default if lam_min is None else lam_min)
+    hi = float(hi_default if lam_max is None else lam_max)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"the grid's lam range must be finite with lam_min < lam_max, got ({lo}, {hi})")
+    if kind == "lam":
+        lams = torch.linspace(lo, hi, steps, dtype=torch.float64)
+    else:
+        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
+            raise ValueError(f"rho must be a finite number > 0, got {rho!r}")
+        s_max, s_min = math.exp(-lo / 2), math.exp(-hi / 2)
+        frac = torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1)
+        s = (s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        lams = -2.0 * torch.log(s)
+    return check_grid(torch.cat([lams, torch.tensor([math.inf], dtype=torch.float64)]))

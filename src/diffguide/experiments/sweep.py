@@ -46,6 +46,7 @@ from ..fileio import atomic_write_bytes, atomic_write_text
 from ..guidance.spec import GuidanceSpec, num_text
 from ..images import from_uint8, load_samples, save_grid, to_uint8
 from ..metrics import FeatureNet, ReferenceStats, mnist_reference_stats, sample_metrics, weights_hash
+from ..sampling import SamplingConfig
 from ..validate import positive_int
 
 __all__ = ["Setting", "run_sweep", "evaluate_samples", "default_evaluator", "grid_settings", "read_rows",
@@ -284,31 +285,32 @@ def _grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 1
 
 
 # ------------------------------------------------------------------------------------- sweep
-def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: str = "ddpm", steps: int = 256,
-              seed: int = 0, out: str | os.PathLike[str], batch_size: int = 500, chunk_size: int | None = None,
+def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str | os.PathLike[str],
+              sampling: SamplingConfig | None = None, chunk_size: int | None = None,
               evaluator: FeatureNet | None = None, reference: ReferenceStats | None = None,
-              labels: Sequence[int] | Tensor | None = None, eta: float = 0.0, v: float = 0.0,
-              cg_form: str = "auto", clip_x0: float | None = 1.0, progress: bool = True,
-              plot: bool = True) -> list[dict[str, Any]]:
+              labels: Sequence[int] | Tensor | None = None, progress: bool = True, plot: bool = True,
+              **options: Any) -> list[dict[str, Any]]:
     """Sample ``n`` images per setting and score them; returns one row per setting, in order.
 
     Every setting uses the same labels and the same per-sample noise (sample ``i`` is seeded by
     ``(seed, i)``), so settings differ only by guidance. ``labels`` default to ``i mod K``
     (balanced); a shorter sequence is repeated to length ``n``. Samples are made ``chunk_size``
-    (default ``batch_size``) at a time and each chunk is saved, so an interrupted sweep resumes
-    where it stopped (see the module docstring for the files and the resume rule).
+    (default: the config's ``batch_size``) at a time and each chunk is saved, so an interrupted sweep
+    resumes where it stopped (see the module docstring for the files and the resume rule).
 
-    ``evaluator`` (a :class:`~diffguide.metrics.FeatureNet` in eval mode) and ``reference`` default
-    to the shipped MNIST evaluator and the MNIST test split's statistics under it. ``eta`` (DDIM),
-    ``v`` (DDPM variance interpolation), ``cg_form`` and ``clip_x0`` go to
-    :func:`~diffguide.api.sample_images`. A row holds ``fid``, ``is_mean``, ``is_std``,
-    ``precision``, ``recall``, ``accuracy`` (evaluator's argmax vs the requested labels) and the
-    configuration. At the end ``results.csv``/``results.json`` hold every finished row of this
-    configuration in ``out`` (also settings from earlier runs), and ``sweep.png`` plots them.
+    How to sample is ``sampling`` (a :class:`~diffguide.sampling.SamplingConfig`), with any field or
+    sampler option given as a keyword overriding it (``sampler="ddim", steps=25``), as in
+    :func:`~diffguide.api.sample_images`. ``evaluator`` (a :class:`~diffguide.metrics.FeatureNet` in
+    eval mode) and ``reference`` default to the shipped MNIST evaluator and the MNIST test split's
+    statistics under it. A row holds ``fid``, ``is_mean``, ``is_std``, ``precision``, ``recall``,
+    ``accuracy`` (evaluator's argmax vs the requested labels), ``nfe`` (network evaluations per
+    sample) and the configuration. At the end ``results.csv``/``results.json`` hold every finished row
+    of this configuration in ``out`` (also settings from earlier runs), and ``sweep.png`` plots them.
     """
+    cfg = SamplingConfig.make(sampling, **options)
     if isinstance(n, bool) or not isinstance(n, int) or n < 4:
         raise ValueError(f"n must be an integer >= 4 (precision/recall use 3 nearest neighbours), got {n!r}")
-    chunk = positive_int(batch_size if chunk_size is None else chunk_size, "chunk_size")
+    chunk = positive_int(cfg.batch_size if chunk_size is None else chunk_size, "chunk_size")
     settings = list(dict.fromkeys(settings))
     if not settings:
         raise ValueError("give at least one setting")
@@ -317,7 +319,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
             raise TypeError(f"settings must be Setting instances, got {type(s).__name__}")
         if s.cg_scale and pipe.classifier is None:
             raise ValueError(f"setting {s.tag} uses classifier guidance but the pipeline has no classifier")
-        check_combination(s.guidance.make_rule(), sampler, cg_form if s.cg_scale else "auto")
+        check_combination(s.guidance.make_rule(), cfg, bool(s.cg_scale))
     K = pipe.num_classes
     if labels is None:
         y = torch.arange(n) % K
@@ -334,14 +336,12 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
     out.mkdir(parents=True, exist_ok=True)
 
     # What the samples depend on (chunk files are reused only if it matches) ...
-    sampling: dict[str, Any] = {
-        "sampler": sampler, "steps": int(steps), "seed": int(seed), "eta": float(eta), "v": float(v),
-        "cg_form": cg_form, "clip_x0": None if clip_x0 is None else float(clip_x0),
-        "model": weights_hash(pipe.net),
+    made_by: dict[str, Any] = {
+        **cfg.key(pipe.device), "model": weights_hash(pipe.net),
         "classifier": weights_hash(pipe.classifier) if pipe.classifier is not None else None,
     }
     # ... and what a result row depends on besides the setting.
-    config = {"n": n, **sampling, "labels": _digest(y_np), "evaluator": _evaluator_id(evaluator),
+    config = {"n": n, **made_by, "labels": _digest(y_np), "evaluator": _evaluator_id(evaluator),
               "reference": _digest(reference.mu, reference.sigma, reference.features), "metrics": METRICS_VERSION}
 
     def matches(row: dict[str, Any]) -> bool:
@@ -365,9 +365,8 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
                 if bar is not None:
                     bar.update(len(starts))
                 continue
-            key = {**sampling, "setting": s.asdict()}
+            key = {**made_by, "setting": s.asdict()}
             parts, seconds, evaluations = [], 0.0, []
-            one_sampler = {"eta": eta} if sampler == "ddim" else {"v": v}  # the other does not apply
             for j, i in enumerate(starts):
                 path = out / "samples" / s.tag / f"chunk-{j:04d}.npz"
                 yc = y_np[i:i + chunk]
@@ -376,9 +375,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
                     t0 = time.perf_counter()
                     count: dict[str, int] = {}
                     x = pipe.sample(y[i:i + chunk], s.w, cg_scale=s.cg_scale, unconditional=s.unconditional,
-                                    sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, first_index=i,
-                                    cg_form=cg_form, clip_x0=clip_x0, counter=count, **one_sampler,
-                                    **s.guidance.kwargs())
+                                    sampling=cfg, first_index=i, counter=count, **s.guidance.kwargs())
                     # uint8 NHWC: the metrics always see the stored images, resumed or not
                     imgs = to_uint8(x)
                     nfe = count["evaluations"] / len(yc)
@@ -414,8 +411,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, sampler: s
     if plot:
         from .plots import plot_sweep
 
-        plot_sweep(table, out / "sweep.png",
-                   title=f"{sampler}, {steps} steps, n = {n}, {evaluator.name}")
+        plot_sweep(table, out / "sweep.png", title=f"{cfg.name}, {cfg.steps} steps, n = {n}, {evaluator.name}")
     return rows
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -69,6 +70,14 @@ class Run:
         return pred
 
 
+def check_order_grid(grid: list[float], sampler: str, min_steps: int) -> None:
+    """Refuse a grid too short for the sampler to take a step of its order (``min_steps`` steps)."""
+    steps = len(grid) - 1
+    if steps < min_steps:
+        raise ValueError(f"the {sampler} sampler needs a grid of at least {min_steps} steps to reach its order, got "
+                         f"{steps} step{'s' if steps != 1 else ''} ({len(grid)} lam values); use more steps or ddim")
+
+
 def checked_noise(noise: Noise, z: Tensor) -> Noise:
     """``noise`` with each draw checked to have ``z``'s shape."""
     def draw() -> Tensor:
@@ -118,3 +127,54 @@ def predict(run: Run, z: Tensor, i: int, lam: float, alpha: float, sigma: float,
     if callback is not None:
         callback(i, lam, z, x0)
     return x0, eps, pred
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step ``lam -> lam_next`` (both finite) of a sampling run, after its evaluation at ``(z, lam)``:
+    ``x0`` and ``eps`` (consistent with each other after ``clip_x0``), the model's prediction ``pred``,
+    the grid's ``alpha``/``sigma`` at both ends, the noise source and, for samplers that evaluate
+    again within a step (Heun), :meth:`evaluate`."""
+
+    i: int
+    lam: float
+    lam_next: float
+    alpha: float
+    sigma: float
+    alpha_n: float
+    sigma_n: float
+    z: Tensor
+    x0: Tensor
+    eps: Tensor
+    pred: Prediction
+    noise: Noise
+    run: Run
+    clip_x0: float | None
+
+    def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor, Prediction]:
+        """``(x0, eps, prediction)`` at ``(z, lam_next)``: a second evaluation within this step."""
+        x0, eps, pred = predict(self.run, z, self.i, self.lam_next, self.alpha_n, self.sigma_n, self.clip_x0, None,
+                                False)
+        if pred.hold:
+            raise ValueError(f"the model held the second evaluation of a {self.run.sampler} step: a held step must "
+                             f"be the step's first evaluation")
+        return x0, eps, pred
+
+
+def solve(model: ModelFn, z: Tensor, lams: Tensor | list[float], sampler: str, takes: frozenset[str],
+          update: Callable[[Step], Tensor], *, noise: Noise | None, clip_x0: float | None,
+          callback: Callback | None, min_steps: int = 1) -> Tensor:
+    """The loop every sampler shares: evaluate the model at each grid point; a held prediction leaves
+    ``z`` as it is; the step to ``lam = +inf`` returns ``x0`` (every solver's step to the clean end);
+    any other step sets ``z = update(step)``. Multistep history is the ``update`` closure's own."""
+    grid, noise = prepare(z, lams, noise)
+    check_order_grid(grid, sampler, min_steps)
+    run = Run(model, sampler, takes)
+    for i, lam, lam_next, (alpha, sigma), (alpha_n, sigma_n) in transitions(grid):
+        x0, eps, pred = predict(run, z, i, lam, alpha, sigma, clip_x0, callback, lam_next == math.inf)
+        if pred.hold:
+            continue
+        if lam_next == math.inf:
+            return x0
+        z = update(Step(i, lam, lam_next, alpha, sigma, alpha_n, sigma_n, z, x0, eps, pred, noise, run, clip_x0))
+    return z

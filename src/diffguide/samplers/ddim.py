@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Callback, ModelFn, Noise, Run, predict, prepare, transitions
+from .base import Callback, ModelFn, Noise, Step, solve
 
 TAKES = frozenset({"eps_renoise", "hold"})
 
@@ -25,17 +25,11 @@ def ddim(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, eta: float = 
     """
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
-    grid, noise = prepare(z, lams, noise)
-    run = Run(model, "ddim", TAKES)
-    for i, lam, lam_next, (alpha, sigma), (alpha_n, sigma_n) in transitions(grid):
-        x0, eps, pred = predict(run, z, i, lam, alpha, sigma, clip_x0, callback, lam_next == math.inf)
-        if pred.hold:
-            continue
-        if lam_next == math.inf:
-            return x0
-        eps_r = eps if pred.eps_renoise is None else pred.eps_renoise
-        s2 = eta**2 * -math.expm1(lam - lam_next) * sigma_n**2
-        z = alpha_n * x0 + math.sqrt(max(sigma_n**2 - s2, 0.0)) * eps_r
-        if s2 > 0:
-            z = z + math.sqrt(s2) * noise()
-    return z
+
+    def update(s: Step) -> Tensor:
+        eps_r = s.eps if s.pred.eps_renoise is None else s.pred.eps_renoise
+        s2 = eta**2 * -math.expm1(s.lam - s.lam_next) * s.sigma_n**2
+        z = s.alpha_n * s.x0 + math.sqrt(max(s.sigma_n**2 - s2, 0.0)) * eps_r
+        return z + math.sqrt(s2) * s.noise() if s2 > 0 else z
+
+    return solve(model, z, lams, "ddim", TAKES, update, noise=noise, clip_x0=clip_x0, callback=callback)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Callback, ModelFn, Noise, Run, predict, prepare, transitions
+from .base import Callback, ModelFn, Noise, Step, solve
 
 TAKES = frozenset({"mean_grad", "hold"})
 
@@ -28,18 +28,13 @@ def ddpm(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, v: float = 0.
     """
     if not (math.isfinite(v) and 0.0 <= v <= 1.0):
         raise ValueError(f"v (variance interpolation) must be in [0, 1], got {v!r}")
-    grid, noise = prepare(z, lams, noise)
-    run = Run(model, "ddpm", TAKES)
-    for i, lam, lam_next, (alpha, sigma), (alpha_n, sigma_n) in transitions(grid):
-        x0, _, pred = predict(run, z, i, lam, alpha, sigma, clip_x0, callback, lam_next == math.inf)
-        if pred.hold:
-            continue
-        if lam_next == math.inf:
-            return x0
-        one_minus_r = -math.expm1(lam - lam_next)
-        mu = (1.0 - one_minus_r) * (alpha_n / alpha) * z + one_minus_r * alpha_n * x0
-        var = one_minus_r * sigma_n ** (2 * (1 - v)) * sigma ** (2 * v)
-        if pred.mean_grad is not None:
-            mu = mu + var * pred.mean_grad
-        z = mu + math.sqrt(var) * noise()
-    return z
+
+    def update(s: Step) -> Tensor:
+        one_minus_r = -math.expm1(s.lam - s.lam_next)
+        mu = (1.0 - one_minus_r) * (s.alpha_n / s.alpha) * s.z + one_minus_r * s.alpha_n * s.x0
+        var = one_minus_r * s.sigma_n ** (2 * (1 - v)) * s.sigma ** (2 * v)
+        if s.pred.mean_grad is not None:
+            mu = mu + var * s.pred.mean_grad
+        return mu + math.sqrt(var) * s.noise()
+
+    return solve(model, z, lams, "ddpm", TAKES, update, noise=noise, clip_x0=clip_x0, callback=callback)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import RESULTS, ROOT, cpu_info  # noqa: E402
 
 import diffguide as dg  # noqa: E402
+from diffguide.cli import DEMO_SWEEP  # noqa: E402
 from diffguide.experiments.sweep import Setting, read_rows, run_sweep  # noqa: E402
 from diffguide.sampling import SamplingConfig  # noqa: E402
 
@@ -35,10 +36,15 @@ WS = (0.5, 2.0)
 NFES = (5, 8, 10, 15, 20, 50)
 ORDER = (10, 5, 8, 15, 20, 50)  # the goals' points first, so an interrupted run has them
 # The grid each solver is measured on: the pilot's best at 10 NFE (results/solvers/pilot.md).
-GRID = {"ddim": "schedule", "dpmpp-2m": "schedule", "unipc": "schedule", "heun": "schedule"}
+GRID = {"ddim": "schedule", "dpmpp-2m": "schedule", "unipc": "schedule", "heun": "karras"}
 REFERENCE = SamplingConfig(sampler="ddpm", steps=256)
 OUT = ROOT / "out" / "solvers"
 DEST = RESULTS / "solvers"
+
+
+def cpu_line() -> str:
+    info = cpu_info()
+    return f"{info['model']} ({', '.join(info['flags'])}), torch CPU"
 
 
 def steps_for(solver: str, nfe: int) -> int:
@@ -57,17 +63,25 @@ def rows_of(cfg: SamplingConfig, n: int) -> list[dict[str, Any]]:
 
 def pilot(pipe: Any, n: int) -> None:
     lines = ["# Pilot: which grid each solver samples best on (10 NFE)", "",
-             "Command: `python benchmarks/solvers.py --phase pilot`  ", f"CPU: {cpu_info()}  ",
+             "Command: `python benchmarks/solvers.py --phase pilot`  ", f"CPU: {cpu_line()}  ",
              f"{n} samples per point (FID at n = {n} is biased upward against the n = 2000 benchmark; "
              "compare within this table only), fp32, w = 0.5 and 2.", "",
              "| solver | grid | NFE | FID w=0.5 | acc w=0.5 | FID w=2 | acc w=2 |", "|---|---|---|---|---|---|---|"]
     for solver in ("ddim", "dpmpp-2m", "unipc", "heun"):
         for grid in ("schedule", "lam", "karras"):
             cfg = SamplingConfig(sampler=solver, steps=steps_for(solver, 10), grid=grid)
+            if solver == "heun" and grid != "karras":  # see the note below the table
+                lines.append(f"| heun | {grid} | {cfg.evaluations} | refused | | | |")
+                continue
             rows = {r["w"]: r for r in point(pipe, cfg, n)}
             cells = [f"{rows[w]['fid']:.3f} | {rows[w]['accuracy']:.3f}" for w in WS]
             lines.append(f"| {solver} | {grid} | {cfg.evaluations} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
+    lines += ["", "Heun on the schedule and lam grids, which start at the CFG schedule's lam = -20 "
+              "(EDM sigma = 22026), is refused (`samplers/edm.py`: Heun integrates linearly in sigma, so a "
+              "step from there multiplies the change of eps across it by ~sigma/2). Before the refusal existed, "
+              "the first pilot run measured FID 672 / 693 (schedule) and 327 / 297 (lam) at w = 0.5 / 2, class "
+              "accuracy 0.10. The karras grid is EDM's sigma range 80 ... 0.002 (lam -8.76 ... 12.43)."]
     DEST.mkdir(parents=True, exist_ok=True)
     (DEST / "pilot.md").write_text("\n".join(lines) + "\n")
 
@@ -85,7 +99,7 @@ def report(n: int) -> None:
                 table[r["w"]].setdefault(solver, {})[nfe] = {**r, "evaluations": cfg.evaluations}
     cmd = "python benchmarks/solvers.py"
     md = ["# Solvers: quality per network evaluation (shipped MNIST model)", "",
-          f"Command: `{cmd}` (resumable; `--report-only` rewrites this file)  ", f"CPU: {cpu_info()}  ",
+          f"Command: `{cmd}` (resumable; `--report-only` rewrites this file)  ", f"CPU: {cpu_line()}  ",
           f"{n} samples per point, plain CFG, fp32, same labels and per-sample seeds everywhere; independent MNIST "
           "evaluator against the MNIST test split. NFE = model evaluations per sample (CFG's pair = one batched "
           "forward; network forwards per sample are twice this). Heun's NFE is the odd number at or below the "
@@ -156,17 +170,70 @@ def plot(table: dict[float, dict[str, dict[int, dict[str, Any]]]], ref: dict[flo
     plt.close(fig)
 
 
+def precision(pipe: Any, n: int, solver: str, steps: int) -> None:
+    """bf16 autocast against fp32 for one solver: how far samples move, FID/accuracy, and speed."""
+    import statistics
+
+    import torch
+
+    from diffguide.precision import cpu_has_native_bf16
+
+    cfgs = {p: SamplingConfig(sampler=solver, steps=steps, grid=GRID.get(solver, "schedule"), precision=p)
+            for p in ("fp32", "bf16")}
+    rows = {p: {r["w"]: r for r in point(pipe, cfg, n)} for p, cfg in cfgs.items()}
+    labels = torch.arange(200) % 10
+    moved, times = {}, {"fp32": [], "bf16": []}
+    for w in WS:
+        x = {p: pipe.sample(labels, w, sampling=cfg) for p, cfg in cfgs.items()}
+        d = (x["bf16"] - x["fp32"]).abs()
+        moved[w] = (d.mean().item(), d.amax(dim=(1, 2, 3)).median().item(), d.max().item())
+    for _ in range(3):  # alternate, so both see the same machine load
+        for p, cfg in cfgs.items():
+            t0 = time.perf_counter()
+            pipe.sample(labels, 1.0, sampling=cfg)
+            times[p].append(time.perf_counter() - t0)
+    speed = statistics.median(times["fp32"]) / statistics.median(times["bf16"])
+    cmd = f"python benchmarks/solvers.py --phase precision --solver {solver} --steps {steps}"
+    lines = [f"# bf16 autocast against fp32 sampling ({cfgs['fp32'].describe().rsplit(',', 1)[0]})", "",
+             f"Command: `{cmd}`  ", f"CPU: {cpu_line()} (native bf16: {cpu_has_native_bf16()})  ",
+             f"FID and accuracy from {n} samples per point; sample differences from 200 samples in [-1, 1] "
+             "(same seeds); speed: median of 3 alternating runs of 200 samples at w = 1, CFG.", "",
+             "| w | FID fp32 | FID bf16 | acc fp32 | acc bf16 | mean abs diff | median per-sample max | max |",
+             "|---|---|---|---|---|---|---|---|"]
+    for w in WS:
+        a, b = rows["fp32"][w], rows["bf16"][w]
+        lines.append(f"| {w:g} | {a['fid']:.3f} | {b['fid']:.3f} | {a['accuracy']:.4f} | {b['accuracy']:.4f} | "
+                     f"{moved[w][0]:.2e} | {moved[w][1]:.2e} | {moved[w][2]:.2e} |")
+    t32, t16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
+    lines += ["", f"Speed: fp32 {t32:.2f} s, bf16 {t16:.2f} s per 200 samples: bf16 is **{speed:.2f}x** "
+              "fp32's speed on this machine."]
+    DEST.mkdir(parents=True, exist_ok=True)
+    (DEST / "precision.md").write_text("\n".join(lines) + "\n")
+    (DEST / "precision.json").write_text(json.dumps({
+        "command": cmd, "cpu": cpu_info(), "native_bf16": cpu_has_native_bf16(), "n": n,
+        "rows": {p: {str(w): {k: r[k] for k in ("fid", "accuracy", "precision", "recall")} for w, r in rs.items()}
+                 for p, rs in rows.items()},
+        "moved": {str(w): dict(zip(("mean", "median_sample_max", "max"), m, strict=True)) for w, m in moved.items()},
+        "seconds_per_200": times, "bf16_speedup": speed}, indent=1) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phase", choices=["pilot", "main", "precision"], default="main")
     ap.add_argument("--n", type=int, default=None, help="samples per point (pilot 500, else 2000)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--solver", default=DEMO_SWEEP[0], help="precision phase: the solver (default: the demo's)")
+    ap.add_argument("--steps", type=int, default=DEMO_SWEEP[1], help="precision phase: its steps")
     a = ap.parse_args()
     pipe = dg.load("mnist")
     if a.phase == "pilot":
         pilot(pipe, a.n or 500)
         return
     n = a.n or 2000
+    if a.phase == "precision":
+        precision(pipe, n, a.solver, a.steps)
+        return
     if a.phase == "main" and not a.report_only:
         todo = configs()
         todo.insert(2 * len(GRID), ("ddpm", 256, REFERENCE))  # after the 10- and 5-NFE points

@@ -217,13 +217,24 @@ def test_grids_end_where_they_should():
     sched = ContinuousSchedule()
     k = sampling_grid(sched, 8, "karras")
     s = torch.exp(-k[:-1] / 2)
-    assert k[-1] == math.inf and abs(k[0] + 20) < 1e-9 and abs(k[-2] - 20) < 1e-9
+    # EDM's sigma range 80 ... 0.002, within the training range
+    assert k[-1] == math.inf and abs(s[0] - 80) < 1e-9 and abs(s[-1] - 0.002) < 1e-12
     # eq. 5: s^(1/rho) is uniform in i
     step = (s[-1] ** (1 / 7) - s[0] ** (1 / 7)).item() / 7
     assert torch.allclose(torch.diff(s ** (1 / 7)), torch.full((7,), step, dtype=torch.float64))
     u = sampling_grid(sched, 8, "lam")
     assert torch.allclose(torch.diff(u[:-1]), torch.full((7,), 40 / 7, dtype=torch.float64))
     assert torch.equal(sampling_grid(sched, 8), sched.grid(8))
+    wide = sampling_grid(sched, 8, "karras", lam_min=-20.0, lam_max=20.0)
+    assert abs(wide[0] + 20) < 1e-9 and abs(wide[-2] - 20) < 1e-9
+    assert SamplingConfig(sampler="heun").grid_kind == "karras" and SamplingConfig().grid_kind == "schedule"
+
+
+def test_heun_refuses_a_grid_starting_far_out(problem):
+    """From sigma = exp(10) Heun's trapezoid multiplies eps changes by ~1e4 (FID 672 on the shipped model)."""
+    gmm, c, z, _ = problem
+    with pytest.raises(ValueError, match="this grid starts at lam = -20 .* e.g. grid='karras'"):
+        heun(guided(gmm, c), z, ContinuousSchedule().grid(5))
 
 
 def test_sampling_config_is_one_value_for_the_api(problem):

@@ -312,6 +312,9 @@ def test_sweep_any_rule_records_forwards(pipe: Pipeline, evaluator: StandIn, ref
     (["--guidance", "apg", "--apg-r", "0"], r"APG r = 0.0 is invalid"),
     (["--guidance", "cfgpp", "--scale", "1.5"], r"CFG\+\+ needs its lambda = 1 \+ w in \[0, 1\]"),
     (["--threshold", "1.2"], r"percentile p = 1.2 is invalid"),
+    (["--sampler", "dpmpp-2m", "--steps", "2"], r"the dpmpp-2m sampler needs a grid of at least 3 steps"),
+    (["--sampler", "heun", "--grid", "schedule", "--steps", "4"], r"heun sampler integrates linearly .*lam = -20"),
+    (["--sampler", "unipc", "--order", "5", "--steps", "6"], r"order must be an integer in \[1, 3\], got 5"),
 ])
 def test_cli_bad_guidance_values_are_one_line(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str], tmp_path: Path,
@@ -335,6 +338,9 @@ def test_cli_bad_guidance_values_are_one_line(pipe: Pipeline, monkeypatch: pytes
     (["--w", "1", "--scale", "2"], "give --w or --scale, not both"),
     (["--sampler", "ddpm", "--eta", "0.5"], "--eta applies to --sampler ddim only"),
     (["--sampler", "ddim", "--v", "0.5"], "--v applies to --sampler ddpm only"),
+    (["--sampler", "unipc", "--eta", "0.5"], "--eta applies to --sampler ddim only, not unipc"),
+    (["--sampler", "ddim", "--skip-corrector", "1"], "--skip-corrector applies to --sampler unipc only"),
+    (["--grid", "karras", "--rho", "0"], "rho must be a finite number > 0, got 0.0"),
     (["--interval", "0,1", "--interval-sigma", "0.5,1"], "give --interval or --interval-sigma, not both"),
     (["--guidance", "cfgpp"], "--guidance cfgpp needs its lambdas in [0, 1] as --scale"),
 ])
@@ -355,3 +361,15 @@ def test_cli_sample_with_a_rule_and_scale(pipe: Pipeline, monkeypatch: pytest.Mo
                                    "--guidance", "apg", "--phi", "0.5", "--w-schedule", "cosine"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "apg-b-0.5-r15-e0+cosine+rescale0.5_w2.png").is_file()
+
+
+@pytest.mark.parametrize("args", [["--sampler", "unipc", "--steps", "4", "--guidance", "cfgpp", "--scale", "0.6"],
+                                  ["--sampler", "heun", "--steps", "3", "--w", "1"],
+                                  ["--sampler", "dpmpp-2m", "--steps", "4", "--grid", "lam", "--lower-order-final",
+                                   "--w", "1"]])
+def test_cli_samples_with_every_solver(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                       args: list[str]) -> None:
+    monkeypatch.setattr(api, "load", lambda *a, **k: pipe)
+    res = CliRunner().invoke(cli, ["sample", "--n", "10", "--out", str(tmp_path), *args])
+    assert res.exit_code == 0, res.output
+    assert len(list(tmp_path.glob("*.png"))) == 1

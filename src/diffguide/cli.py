@@ -217,8 +217,9 @@ def _sampling_options(fn: Any) -> Any:
                           "heun: EDM Heun, second order, 2 steps - 1 evaluations; euler: EDM Euler (= DDIM)."),
         click.option("--steps", type=int, default=d.steps, show_default=True,
                      help="Grid steps (model evaluations; heun: 2 steps - 1)."),
-        click.option("--grid", type=click.Choice(list(GRIDS)), default=d.grid, show_default=True,
-                     help="schedule: the training schedule's spacing; lam: uniform in log-SNR; karras: EDM's, --rho."),
+        click.option("--grid", type=click.Choice(["auto", *GRIDS]), default=d.grid, show_default=True,
+                     help="schedule: the training schedule's spacing; lam: uniform in log-SNR; karras: EDM's, --rho; "
+                          "auto: the sampler's measured best (karras for heun, else schedule)."),
         click.option("--rho", type=float, default=d.rho, show_default=True, help="Karras grid exponent rho > 0."),
         click.option("--eta", type=float, help="DDIM noise (0 = deterministic; ddim only).  [default: 0]"),
         click.option("--v", type=float,

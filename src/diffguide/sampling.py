@@ -17,7 +17,16 @@ import torch
 from torch import Tensor
 
 from .precision import PRECISIONS, resolve_precision
-from .samplers import SAMPLERS, Sampler, evaluations, resolve_sampler, sampler_name, sampler_options, sampler_takes
+from .samplers import (
+    SAMPLERS,
+    Sampler,
+    evaluations,
+    preferred_grid,
+    resolve_sampler,
+    sampler_name,
+    sampler_options,
+    sampler_takes,
+)
 from .schedule import GRIDS, Schedule, sampling_grid
 from .validate import optional_positive_int, positive_int
 
@@ -51,8 +60,9 @@ class SamplingConfig:
     - ``sampler``: a name (``ddpm | ddim | dpmpp-2m | unipc | heun | euler``), a sampler function, or a
       ``functools.partial`` binding its options (:mod:`diffguide.samplers`);
     - ``steps``: grid steps (model evaluations: ``steps``, Heun ``2 steps - 1``);
-    - ``grid``: ``schedule`` (the training schedule's spacing), ``lam`` (uniform in log-SNR) or
-      ``karras`` (EDM, ``rho``): see :func:`diffguide.schedule.sampling_grid`;
+    - ``grid``: ``schedule`` (the training schedule's spacing), ``lam`` (uniform in log-SNR),
+      ``karras`` (EDM, ``rho``; see :func:`diffguide.schedule.sampling_grid`), or ``auto``: the one the
+      sampler measured best on (``karras`` for Heun, ``schedule`` for the others);
     - ``clip_x0``: clamp the predicted clean image to ``[-clip_x0, clip_x0]`` (``None``: off);
     - ``precision``: network forwards in ``fp32``, ``bf16`` autocast, or ``auto`` (bf16 where it is
       native: CUDA with bf16, CPUs with AMX/avx512_bf16). Only fp32 samples are bit-identical across
@@ -66,7 +76,7 @@ class SamplingConfig:
 
     sampler: str | Sampler = "ddim"
     steps: int = 50
-    grid: Literal["schedule", "lam", "karras"] = "schedule"
+    grid: Literal["auto", "schedule", "lam", "karras"] = "auto"
     rho: float = 7.0
     clip_x0: float | None = 1.0
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
@@ -78,8 +88,8 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         resolve_sampler(self.sampler)
         positive_int(self.steps, "steps")
-        if self.grid not in GRIDS:
-            raise ValueError(f"unknown grid {self.grid!r}; expected one of {', '.join(GRIDS)}")
+        if self.grid != "auto" and self.grid not in GRIDS:
+            raise ValueError(f"unknown grid {self.grid!r}; expected auto or one of {', '.join(GRIDS)}")
         if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not (math.isfinite(self.rho)
                                                                                          and self.rho > 0):
             raise ValueError(f"rho must be a finite number > 0, got {self.rho!r}")
@@ -140,9 +150,14 @@ class SamplingConfig:
         """Model evaluations per sampling run (CFG's pair of predictions counts once)."""
         return evaluations(self.sampler, self.steps)
 
+    @property
+    def grid_kind(self) -> str:
+        """The grid, with ``auto`` resolved for this sampler."""
+        return preferred_grid(self.sampler) if self.grid == "auto" else self.grid
+
     def lams(self, schedule: Schedule) -> Tensor:
         """The sampling grid for a model trained on ``schedule``."""
-        return sampling_grid(schedule, self.steps, self.grid, rho=self.rho)
+        return sampling_grid(schedule, self.steps, self.grid_kind, rho=self.rho)
 
     def autocast(self, device: torch.device | str) -> torch.dtype | None:
         """The autocast dtype of network forwards on ``device`` (``None`` = fp32)."""
@@ -163,9 +178,9 @@ class SamplingConfig:
                                "cg_form": self.cg_form, "clip_x0": clip}
         if options:
             key["options"] = options
-        if self.grid != "schedule":
-            key["grid"] = self.grid
-            if self.grid == "karras":
+        if self.grid_kind != "schedule":
+            key["grid"] = self.grid_kind
+            if self.grid_kind == "karras":
                 key["rho"] = float(self.rho)
         amp = self.autocast(device)
         if amp is not None:
@@ -175,5 +190,5 @@ class SamplingConfig:
     def describe(self) -> str:
         """``unipc, 10 steps (10 evaluations), schedule grid, fp32``."""
         opts = "".join(f", {k}={v}" for k, v in self.options.items())
-        return (f"{self.name}{opts}, {self.steps} steps ({self.evaluations} evaluations), {self.grid} grid"
-                + (f" rho={self.rho:g}" if self.grid == "karras" else "") + f", {self.precision}")
+        return (f"{self.name}{opts}, {self.steps} steps ({self.evaluations} evaluations), {self.grid_kind} grid"
+                + (f" rho={self.rho:g}" if self.grid_kind == "karras" else "") + f", {self.precision}")

@@ -28,6 +28,7 @@ __all__ = [
     "check_grid",
     "get_schedule",
     "GRIDS",
+    "EDM_SIGMA",
     "lam_range",
     "sampling_grid",
 ]
@@ -207,6 +208,7 @@ def get_schedule(name: str) -> ContinuousSchedule | DiscreteSchedule:
 
 
 GRIDS = ("schedule", "lam", "karras")
+EDM_SIGMA = (0.002, 80.0)  # Karras et al. 2022: sigma_min, sigma_max of the EDM sampler (sigma = exp(-lam/2))
 
 
 def lam_range(schedule: Schedule) -> tuple[float, float]:
@@ -228,9 +230,11 @@ def sampling_grid(schedule: Schedule, steps: int, kind: str = "schedule", *, rho
     - ``"lam"``: uniform in log-SNR from ``lam_min`` to ``lam_max``, both included (DPM-Solver's
       "logSNR" spacing);
     - ``"karras"``: EDM's (Karras et al. 2022, eq. 5) in ``s = exp(-lam/2)``:
-      ``s_i = (s_max^(1/rho) + i/(steps-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``, ``rho = 7``.
+      ``s_i = (s_max^(1/rho) + i/(steps-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``, ``rho = 7``, over
+      EDM's ``s`` in ``[0.002, 80]`` (``lam`` in ``[-8.76, 12.43]``) within the training range.
 
-    ``lam_min``/``lam_max`` default to the schedule's training range (:func:`lam_range`).
+    ``lam_min``/``lam_max`` override the range; by default it is the schedule's training range
+    (:func:`lam_range`), narrowed to EDM's for ``"karras"``.
     """
     steps = _check_steps(steps)
     if kind == "schedule":
@@ -238,6 +242,9 @@ def sampling_grid(schedule: Schedule, steps: int, kind: str = "schedule", *, rho
     if kind not in GRIDS:
         raise ValueError(f"unknown grid {kind!r}; expected one of {', '.join(GRIDS)}")
     lo_default, hi_default = lam_range(schedule) if lam_min is None or lam_max is None else (lam_min, lam_max)
+    if kind == "karras":
+        lo_default = max(lo_default, -2 * math.log(EDM_SIGMA[1]))
+        hi_default = min(hi_default, -2 * math.log(EDM_SIGMA[0]))
     lo = float(lo_default if lam_min is None else lam_min)
     hi = float(hi_default if lam_max is None else lam_max)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):

@@ -35,7 +35,7 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from ..fileio import atomic_write_bytes, atomic_write_text
 from ..guidance.spec import GuidanceSpec, num_text
 from ..images import from_uint8, load_samples, save_grid, to_uint8
 from ..metrics import FeatureNet, ReferenceStats, mnist_reference_stats, sample_metrics, weights_hash
+from ..nets.protocol import GuidedNetwork
 from ..sampling import SamplingConfig
 from ..validate import positive_int
 
@@ -340,6 +341,8 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
         **cfg.key(pipe.device), "model": weights_hash(pipe.net),
         "classifier": weights_hash(pipe.classifier) if pipe.classifier is not None else None,
     }
+    if cfg.grid_kind != "schedule":  # the grid's range comes from the model's schedule: record the grid itself
+        made_by["lams"] = [round(x, 9) for x in cfg.lams(cast(GuidedNetwork, pipe.net).train_schedule).tolist()]
     # ... and what a result row depends on besides the setting.
     config = {"n": n, **made_by, "labels": _digest(y_np), "evaluator": _evaluator_id(evaluator),
               "reference": _digest(reference.mu, reference.sigma, reference.features), "metrics": METRICS_VERSION}

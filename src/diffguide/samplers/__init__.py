@@ -28,7 +28,7 @@ from .unipc import unipc
 
 __all__ = ["ddim", "ddpm", "dpmpp_2m", "unipc", "heun", "euler", "EpsFn", "ModelFn", "Noise", "Sampler",
            "SAMPLERS", "get_sampler", "resolve_sampler", "sampler_name", "sampler_options", "sampler_takes",
-           "evaluations"]
+           "evaluations", "preferred_grid"]
 
 Sampler = Callable[..., Tensor]
 
@@ -38,6 +38,8 @@ SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m
 _TAKES: dict[str, frozenset[str]] = {"ddpm": _ddpm_mod.TAKES, "ddim": _ddim_mod.TAKES, "dpmpp-2m": _dpm_mod.TAKES,
                                      "unipc": _unipc_mod.TAKES, "heun": _edm_mod.TAKES, "euler": _edm_mod.TAKES}
 _NAMES = {fn: name for name, fn in SAMPLERS.items()}
+# The grid each registered sampler measured best on (benchmarks/results/solvers/pilot.md); others: "schedule".
+PREFERRED_GRID = {"heun": "karras"}
 
 
 def _base(sampler: Sampler) -> tuple[Sampler, dict[str, Any]]:
@@ -91,3 +93,8 @@ def sampler_takes(sampler: str | Sampler) -> frozenset[str] | None:
 def evaluations(sampler: str | Sampler, steps: int) -> int:
     """Model evaluations of one sampling run over a grid of ``steps`` steps (Heun: ``2 steps - 1``)."""
     return 2 * steps - 1 if sampler_name(sampler) == "heun" else steps
+
+
+def preferred_grid(sampler: str | Sampler) -> str:
+    """The grid ``grid="auto"`` picks for a sampler: ``karras`` for Heun, else ``schedule``."""
+    return PREFERRED_GRID.get(sampler_name(sampler), "schedule")

@@ -8,12 +8,18 @@ with ``z = alpha x`` at every grid point. Euler in these variables is DDIM (eta 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from .base import Callback, ModelFn, Noise, Step, solve
 
 TAKES = frozenset({"hold"})
+# Heun integrates linearly in s = exp(-lam/2): from s = 22026 (lam = -20, the CFG schedule's noisy end) its
+# trapezoidal step multiplies the change of eps across the step by s/2 (FID 672 on the shipped model,
+# benchmarks/results/solvers/pilot.md). EDM starts at s = 80; grids starting above S_START_MAX are refused.
+S_START_MAX = 1000.0
 
 
 @torch.no_grad()
@@ -27,6 +33,13 @@ def heun(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, noise: Noise 
 
     and the step to ``s' = 0`` (``lam = +inf``) is Euler's, which returns ``x0``. ``noise`` is unused.
     """
+
+    lam0 = float(torch.as_tensor(lams, dtype=torch.float64).reshape(-1)[0])
+    if math.exp(-lam0 / 2) > S_START_MAX:
+        raise ValueError(f"the heun sampler integrates linearly in EDM's sigma = exp(-lam/2); this grid starts at "
+                         f"lam = {lam0:.4g} (sigma = {math.exp(-lam0 / 2):.4g}), where a Heun step multiplies the "
+                         f"network's error by ~sigma/2: start at sigma <= {S_START_MAX:g} (lam >= "
+                         f"{-2 * math.log(S_START_MAX):.3g}), e.g. grid='karras' (EDM's sigma 0.002..80)")
 
     def update(s: Step) -> Tensor:
         x, ds = s.z / s.alpha, s.sigma_n / s.alpha_n - s.sigma / s.alpha

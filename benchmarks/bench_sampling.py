@@ -65,11 +65,10 @@ def main() -> None:
     torch.manual_seed(0)
     model = dg.load(a.model)
 
-    def run(n: int, w: float, steps: int, autocast: torch.dtype | None = None,
-            **kw: object) -> tuple[torch.Tensor, float]:
+    def run(n: int, w: float, steps: int, precision: str = "fp32", **kw: object) -> tuple[torch.Tensor, float]:
         labels = torch.arange(10).repeat_interleave(max(1, n // 10))[:n]
         return timed(lambda: model.sample(labels, w, sampler="ddim", steps=steps, seed=0, batch_size=n,
-                                          autocast=autocast, **kw))
+                                          precision=precision, **kw))
 
     chunk = {r: round(forward_ms_per_row(model.net, r), 3) for r in (16, 32, 64, 128, 256, 512, 1000)}
     print("forward ms/row by rows per forward:", chunk, flush=True)
@@ -90,7 +89,7 @@ def main() -> None:
             samples_500, t_500 = x_g, t_g
     bf16_steps = 2
     for n in (100, 500):
-        _, tb = run(n, 1.0, bf16_steps, torch.bfloat16)
+        _, tb = run(n, 1.0, bf16_steps, "bf16")
         t50 = tb * 50 / bf16_steps
         rows.append({"batch": n, "precision": f"bf16 ({bf16_steps} steps, x50/{bf16_steps})", "steps": 50,
                      "guided_s": round(t50, 2), "guided_images_per_s": round(n / t50, 2)})
@@ -103,8 +102,8 @@ def main() -> None:
     # bf16: the same 16 samples (10 steps) at other batchings, and against fp32
     lab16 = torch.arange(16) % 10
     kw16 = dict(sampler="ddim", steps=10, seed=0)
-    ref = model.sample(lab16, 1.0, batch_size=16, autocast=torch.bfloat16, **kw16)
-    moved = max((model.sample(lab16, 1.0, batch_size=b, max_batch=m, autocast=torch.bfloat16, **kw16) - ref)
+    ref = model.sample(lab16, 1.0, batch_size=16, precision="bf16", **kw16)
+    moved = max((model.sample(lab16, 1.0, batch_size=b, max_batch=m, precision="bf16", **kw16) - ref)
                 .abs().max().item() for b, m in ((5, "auto"), (16, 8), (3, None)))
     vs_fp32 = (model.sample(lab16, 1.0, batch_size=16, **kw16) - ref).abs().max().item()
     base = json.loads(subprocess.run([sys.executable, str(BASELINE), "--seconds", "5", "--sample-steps", "5"],

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .guidance import Interval, Rule, check_weight, get_rule, guided, resolve_w
+from .guidance.guided import check_guide
 from .guidance.weight_schedule import WSchedule
 from .models import load_model
 from .nets.protocol import GuidedNetwork, check_network
@@ -73,7 +74,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
                   scale: float | Tensor | None = None, rule: str | Rule = "cfg",
                   w_schedule: str | WSchedule | None = None, interval: Interval | tuple[float, float] | None = None,
                   rescale: float = 0.0, threshold: float | None = None, classifier: nn.Module | None = None,
-                  cg_scale: float | Tensor = 0.0, unconditional: bool = False, sampling: SamplingConfig | None = None,
+                  cg_scale: float | Tensor = 0.0, unconditional: bool = False, guide: nn.Module | None = None,
+                  sampling: SamplingConfig | None = None,
                   schedule: Schedule | None = None, device: str | torch.device = "cpu", first_index: int = 0,
                   progress: bool = False, counter: dict[str, int] | None = None, **options: Any) -> Tensor:
     """Guided samples, one per label: float32 ``(N, *sample_shape)`` in [-1, 1] on the CPU.
@@ -83,7 +85,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     not both). ``rule``, ``w_schedule``, ``interval``, ``rescale`` and ``threshold`` select the
     guidance method (see :func:`diffguide.guidance.guided`). ``unconditional=True`` samples the null
     condition instead (then only classifier guidance steers). ``cg_scale`` is the classifier-guidance
-    scale ``s`` (with ``classifier``).
+    scale ``s`` (with ``classifier``). ``guide``: autoguidance by this weaker network under the same
+    condition, in place of the null condition (Karras et al. 2024).
 
     How to sample is ``sampling`` (a :class:`~diffguide.sampling.SamplingConfig`; default: its
     defaults), with any of its fields, or a sampler option, given here as a keyword overriding it
@@ -111,6 +114,9 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     device = torch.device(device)
     _check_device(net, device, "network")
     _check_device(classifier, device, "classifier")
+    if guide is not None:
+        check_guide(proto, check_network(guide, "guide"))
+        _check_device(guide, device, "guide")
     if isinstance(cg_scale, Tensor):
         cg_scale = check_weight(cg_scale, "cg_scale", minimum=0.0, batch=N)
     max_batch = default_max_batch(device) if cfg.max_batch == "auto" else cfg.max_batch
@@ -125,29 +131,35 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
         wi = w[i:i + cfg.batch_size] if isinstance(w, Tensor) else w
         si = cg_scale[i:i + cfg.batch_size] if isinstance(cg_scale, Tensor) else cg_scale
         noise = PerSampleNoise(seeds[i:i + cfg.batch_size], shape, device=device)
-        guide = guided(net, c, wi, rule=rule, w_schedule=w_schedule, interval=interval, rescale=rescale,
+        model = guided(net, c, wi, rule=rule, w_schedule=w_schedule, interval=interval, rescale=rescale,
                        threshold=threshold, unconditional=unconditional, classifier=classifier, cg_scale=si,
-                       cg_form=cfg.resolved_cg_form(), max_batch=max_batch, autocast=autocast)
-        out.append(sample(guide, noise(), grid, noise=noise, clip_x0=cfg.clip_x0).float().cpu())
+                       cg_form=cfg.resolved_cg_form(), guide=guide, max_batch=max_batch, autocast=autocast)
+        out.append(sample(model, noise(), grid, noise=noise, clip_x0=cfg.clip_x0).float().cpu())
         if counter is not None:
-            counter["forwards"] = counter.get("forwards", 0) + guide.engine.forwards
-            counter["evaluations"] = counter.get("evaluations", 0) + guide.engine.evaluations * c.shape[0]
+            counter["forwards"] = counter.get("forwards", 0) + model.engine.forwards
+            counter["evaluations"] = counter.get("evaluations", 0) + model.engine.evaluations * c.shape[0]
     return torch.cat(out)
 
 
 class Pipeline:
-    """A diffusion network (network protocol), optionally with a noise-aware classifier, ready to sample.
+    """A diffusion network (network protocol), optionally with a noise-aware classifier and an
+    autoguidance guide, ready to sample.
 
-    The pipeline samples from its own copies of the networks, moved to ``device``, channels-last and
-    in eval mode; the caller's modules are left as they were."""
+    With a ``guide`` (a weaker network of the same protocol, Karras et al. 2024) every sample is
+    autoguided: ``w`` weighs the main network against the guide under the same condition. The
+    pipeline samples from its own copies of the networks, moved to ``device``, channels-last and in
+    eval mode; the caller's modules are left as they were."""
 
     def __init__(self, net: nn.Module, classifier: nn.Module | None = None, device: str | torch.device = "cpu",
-                 *, copy: bool = True):
+                 *, guide: nn.Module | None = None, copy: bool = True):
         self.device = torch.device(device)
         check_network(net)
         _check_pair(cast(GuidedNetwork, net), classifier)
+        if guide is not None:
+            check_guide(net, check_network(guide, "guide"))
         self.net = self._prepare(net, copy)
         self.classifier = self._prepare(classifier, copy) if classifier is not None else None
+        self.guide = self._prepare(guide, copy) if guide is not None else None
 
     def _prepare(self, module: nn.Module, copy: bool) -> nn.Module:
         if copy:
@@ -170,14 +182,15 @@ class Pipeline:
         if uses_cg and self.classifier is None:
             raise ValueError("cg_scale > 0 needs a classifier: load one with dg.load(..., classifier=PATH)")
         clf = self.classifier if uses_cg else None
-        return sample_images(self.net, labels, w, scale=scale, classifier=clf, cg_scale=cg_scale,
+        return sample_images(self.net, labels, w, scale=scale, classifier=clf, cg_scale=cg_scale, guide=self.guide,
                              device=self.device, **kwargs)
 
 
 def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = None,
-         device: str | torch.device = "cpu") -> Pipeline:
+         guide: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
     """``"mnist"`` (the shipped CFG model and classifier), or a path to an exported ``.safetensors``
-    file, a checkpoint or a run directory (``classifier`` likewise, optional)."""
+    file, a checkpoint or a run directory (``classifier`` and ``guide``, an autoguidance guide,
+    likewise, optional)."""
     clf = None
     if str(name_or_path) in BUILTIN:
         net_file, clf_file = BUILTIN[str(name_or_path)]
@@ -190,10 +203,11 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
         net = load_model(name_or_path)
     if classifier is not None:
         clf = load_model(classifier)
-    for m, kind in ((net, "diffusion"), (clf, "classifier")):
+    gd = load_model(guide) if guide is not None else None
+    for m, kind in ((net, "diffusion"), (clf, "classifier"), (gd, "diffusion")):
         if m is None:
             continue
         meta = cast(dict[str, Any], m.meta)  # attached by load_model
         if meta.get("kind") != kind:
             raise ValueError(f"expected a {kind} model, got a {meta.get('kind')!r} model")
-    return Pipeline(net, clf, device, copy=False)
+    return Pipeline(net, clf, device, guide=gd, copy=False)

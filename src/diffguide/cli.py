@@ -305,6 +305,8 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 @click.option("--checkpoint", default="mnist", show_default=True,
               help="'mnist' (shipped), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
+@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model (exported .safetensors, "
+                                         "checkpoint or run dir) under the same label, instead of the null label.")
 @click.option("--w", "w_text", help="Guidance weights w, the CFG paper's (0 = conditional model). [default: 0,1,3]")
 @click.option("--scale", "scale_text", help="Guidance scales s = 1 + w (diffusers' guidance_scale), instead of --w.")
 @_guidance_options
@@ -315,8 +317,9 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 @_sampling_options
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default="out/samples", show_default=True, type=click.Path(file_okay=False))
-def sample(checkpoint: str, classifier: str | None, w_text: str | None, scale_text: str | None, cg_text: str,
-           unconditional: bool, labels: str, n: int, device: str, out: str, **kw: Any) -> None:
+def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_text: str | None,
+           scale_text: str | None, cg_text: str, unconditional: bool, labels: str, n: int, device: str, out: str,
+           **kw: Any) -> None:
     """Sample a model at several guidance settings: a PNG grid and an .npz per setting."""
     from .api import load
 
@@ -324,7 +327,7 @@ def sample(checkpoint: str, classifier: str | None, w_text: str | None, scale_te
     spec = _pop_spec(kw)
     sampling = _pop_sampling(kw)
     ws = strengths(w_text, scale_text, "0,1,3", method)
-    pipe = load(checkpoint, classifier=classifier, device=device)
+    pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=device)
     cg_scales = parse_floats(cg_text, "--cg-scale")
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
@@ -384,6 +387,8 @@ def demo_gmm(out: str) -> None:
 @click.option("--checkpoint", default="mnist", show_default=True,
               help="'mnist' (shipped), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
+@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model (exported .safetensors, "
+                                         "checkpoint or run dir) under the same label, instead of the null label.")
 @click.option("--w", "w_text", help="Guidance weights w (the CFG paper's); each is run with --guidance and no "
                                     "classifier guidance.  [default: 0,0.1,0.2,0.3,0.5,1,2,3,4]")
 @click.option("--scale", "scale_text", help="Guidance scales s = 1 + w instead of --w (CFG++: its lambda).")
@@ -400,9 +405,9 @@ def demo_gmm(out: str) -> None:
 @click.option("--out", default="out/sweep", show_default=True, type=click.Path(file_okay=False))
 @click.option("--no-plot", is_flag=True, help="Skip sweep.png.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def sweep(checkpoint: str, classifier: str | None, w_text: str | None, scale_text: str | None, cg_text: str,
-          unconditional: bool, n: int, evaluator_path: str | None, device: str, out: str, no_plot: bool,
-          no_progress: bool, **kw: Any) -> None:
+def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_text: str | None,
+          scale_text: str | None, cg_text: str, unconditional: bool, n: int, evaluator_path: str | None, device: str,
+          out: str, no_plot: bool, no_progress: bool, **kw: Any) -> None:
     """Sample and score a model over guidance settings: FID, IS, precision/recall, class accuracy.
 
     Settings: every --w with CFG alone (tag w<w>), then every nonzero --cg-scale s on the
@@ -420,7 +425,7 @@ def sweep(checkpoint: str, classifier: str | None, w_text: str | None, scale_tex
     cg_scales = parse_floats(cg_text, "--cg-scale")
     settings = grid_settings(strengths(w_text, scale_text, "0,0.1,0.2,0.3,0.5,1,2,3,4", method), cg_scales,
                              unconditional, guidance=spec)
-    pipe = load(checkpoint, classifier=classifier, device=device)
+    pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=device)
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
     evaluator = None

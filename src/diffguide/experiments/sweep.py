@@ -341,6 +341,8 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
         **cfg.key(pipe.device), "model": weights_hash(pipe.net),
         "classifier": weights_hash(pipe.classifier) if pipe.classifier is not None else None,
     }
+    if pipe.guide is not None:  # autoguidance: every setting is guided by this network
+        made_by["guide"] = weights_hash(pipe.guide)
     if cfg.grid_kind != "schedule":  # the grid's range comes from the model's schedule: record the grid itself
         made_by["lams"] = [round(x, 9) for x in cfg.lams(cast(GuidedNetwork, pipe.net).train_schedule).tolist()]
     # ... and what a result row depends on besides the setting.

@@ -27,7 +27,7 @@ from .interval import Interval
 from .rule import Rule, Weight
 from .weight_schedule import WSchedule, get_w_schedule
 
-__all__ = ["guided", "null_condition", "check_labels", "RULES", "get_rule"]
+__all__ = ["guided", "null_condition", "check_labels", "check_guide", "RULES", "get_rule"]
 
 RULES: dict[str, Callable[..., Rule]] = {"cfg": CFG, "apg": APG, "cfgpp": CFGPlusPlus, "cfg-zero": CFGZeroStar}
 
@@ -66,6 +66,18 @@ def check_labels(c: Tensor, num_classes: int, *, allow_null: bool, what: str = "
                          + (f" ({num_classes} is the null label)" if allow_null else ""))
 
 
+def check_guide(net: object, guide: object) -> None:
+    """Autoguidance needs a guide that makes the same samples under the same conditions: its sample
+    shape and class count (where both say) must be the network's."""
+    shapes = getattr(net, "sample_shape", None), getattr(guide, "sample_shape", None)
+    if shapes[0] is not None and shapes[1] is not None and tuple(shapes[0]) != tuple(shapes[1]):
+        fmt = lambda s: "x".join(map(str, s))  # noqa: E731
+        raise ValueError(f"the guide makes {fmt(shapes[1])} samples but the network makes {fmt(shapes[0])}")
+    ks = getattr(net, "num_classes", None), getattr(guide, "num_classes", None)
+    if ks[0] is not None and ks[1] is not None and int(ks[0]) != int(ks[1]):
+        raise ValueError(f"the guide has {ks[1]} classes but the network has {ks[0]}")
+
+
 def _interval(interval: Interval | tuple[float, float] | None) -> Interval | None:
     if interval is None or isinstance(interval, Interval):
         return interval
@@ -81,7 +93,7 @@ def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] 
            unconditional: bool = False, w_schedule: str | WSchedule | None = None,
            interval: Interval | tuple[float, float] | None = None, rescale: float = 0.0,
            classifier: Classifier | None = None, cg_scale: Weight = 0.0,
-           cg_form: Literal["score", "mean"] = "score", threshold: float | None = None,
+           cg_form: Literal["score", "mean"] = "score", threshold: float | None = None, guide: Net | None = None,
            max_batch: int | None = None, autocast: torch.dtype | None = None) -> Guidance:
     """The usual guided model function for a batch of conditions ``c`` (labels, shape ``(B,)``).
 
@@ -94,6 +106,9 @@ def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] 
     - ``w_schedule`` (``constant | linear | cosine`` or ``g(lam)``), ``interval`` (``(lam_lo, lam_hi)``
       or an :class:`~diffguide.guidance.Interval`: guidance only inside, one forward outside),
       ``rescale`` (phi in [0, 1]), ``threshold`` (dynamic-thresholding percentile in (0, 1)).
+    - ``guide``: autoguidance (Karras et al. 2024): guide away from this weaker network **under the same
+      condition**, ``(1+w) eps(z,c) - w eps_guide(z,c)`` (the paper's ``G = 1 + w``); one forward per
+      network. Not with ``null`` or ``unconditional``.
     - ``unconditional=True``: the network's null-condition prediction alone (no CFG weight) —
       classifier guidance of an unconditional model.
     - ``classifier``/``cg_scale`` (``>= 0``): classifier guidance towards ``c``, on top of any of these.
@@ -123,15 +138,24 @@ def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] 
         if Kc is not None:
             check_labels(conds[0], int(Kc), allow_null=False)
         cg = ClassifierTerm(classifier, conds[0], check_weight(cg_scale, "cg_scale", minimum=0.0, batch=B), cg_form)
-    null = null_condition(net, conds[0]) if null is None else null
-    if unconditional:
-        if len(conds) > 1 or isinstance(ws[0], Tensor) or ws[0] != 0.0:
-            raise ValueError(f"unconditional sampling takes no CFG weight, got w={ws[0]}")
-        positive: list[tuple[Request, Weight]] = [(Request(net, null), 0.0)]
-        negative = None
+    if guide is not None:
+        if null is not None or unconditional or len(conds) > 1:
+            raise ValueError("autoguidance (guide=) guides one condition away from the guide under that same "
+                             "condition: not with null=, unconditional=True or composed conditions")
+        check_guide(net, guide)
+    positive: list[tuple[Request, Weight]]
+    negative: Request | None
+    if guide is not None:  # autoguidance: the same condition, the guide's prediction
+        positive, negative = [(Request(net, conds[0]), ws[0])], Request(guide, conds[0])
     else:
-        positive = [(Request(net, ci), wi) for ci, wi in zip(conds, ws, strict=True)]
-        negative = Request(net, null)
+        null = null_condition(net, conds[0]) if null is None else null
+        if unconditional:
+            if len(conds) > 1 or isinstance(ws[0], Tensor) or ws[0] != 0.0:
+                raise ValueError(f"unconditional sampling takes no CFG weight, got w={ws[0]}")
+            positive, negative = [(Request(net, null), 0.0)], None
+        else:
+            positive = [(Request(net, ci), wi) for ci, wi in zip(conds, ws, strict=True)]
+            negative = Request(net, null)
     return Guidance(positive, negative, rule=get_rule(rule), w_schedule=get_w_schedule(w_schedule),
                     interval=_interval(interval), rescale=rescale, classifier=cg, threshold=threshold,
                     engine=Engine(max_batch=max_batch, autocast=autocast))

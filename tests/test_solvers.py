@@ -74,6 +74,27 @@ def test_error_falls_at_the_expected_order(problem, w, name, lo, hi):
     assert lo <= order <= hi, (name, w, errors, order)
 
 
+@pytest.mark.parametrize("w", [0.0, 3.0])
+def test_unipc_order_3_gains_another_order(problem, w):
+    gmm, c, z, refs = problem
+    ref, _ = refs[w]
+    errors = [(unipc(guided(gmm, c, w), z, lam_grid(n), order=3) - ref).abs().max().item() for n in (17, 33, 65)]
+    assert observed_order(errors) > 3.4, errors
+
+
+def test_lower_order_final_makes_the_last_finite_step_ddim(problem):
+    """On a grid ending at a finite lam, lower_order_final's last step is a DDIM step from the last point
+    (UniPC without its corrector, whose correction of the last point the spy cannot see)."""
+    gmm, c, z, _ = problem
+    grid = torch.linspace(-6.0, 4.0, 8, dtype=torch.float64)  # no +inf: sampling ends at lam = 4
+    for sampler in (dpmpp_2m, functools.partial(unipc, skip_corrector=99)):
+        fn = guided(gmm, c, 2.0)
+        last_point = _visited(sampler, fn, z, grid)[-1]
+        x = sampler(fn, z, grid, lower_order_final=True)
+        assert (x - ddim(fn, last_point, grid[-2:])).abs().max() < 1e-12, sampler
+        assert (sampler(fn, z, grid) - x).abs().max() > 1e-6, sampler  # without it the step is second order
+
+
 def test_unipc_without_corrector_is_dpmpp_2m_and_euler_is_ddim(problem):
     gmm, c, z, _ = problem
     fn, grid = guided(gmm, c, 3.0), lam_grid(20)
@@ -211,6 +232,8 @@ def test_bad_solver_options_and_grids_are_named(problem):
         SamplingConfig.make(sampler="unipc", eta=0.5)
     with pytest.raises(ValueError, match="mean-shift form of classifier guidance needs a sampler that takes it"):
         SamplingConfig(sampler="unipc", cg_form="mean")
+    with pytest.raises(ValueError, match="callback, noise: supplied to the sampler at each call, not a sampler option"):
+        SamplingConfig.make(sampler="ddim", noise=print, callback=print)
 
 
 def test_grids_end_where_they_should():
@@ -235,6 +258,10 @@ def test_heun_refuses_a_grid_starting_far_out(problem):
     gmm, c, z, _ = problem
     with pytest.raises(ValueError, match="this grid starts at lam = -20 .* e.g. grid='karras'"):
         heun(guided(gmm, c), z, ContinuousSchedule().grid(5))
+    with pytest.raises(ValueError, match="this grid starts at lam = -3000"):
+        heun(guided(gmm, c), z, torch.tensor([-3000.0, 0.0, math.inf]))
+    with pytest.raises(ValueError, match="lam grid must be 1-D with at least 2 entries"):
+        heun(guided(gmm, c), z, torch.tensor([]))
 
 
 def test_sampling_config_is_one_value_for_the_api(problem):
@@ -250,4 +277,9 @@ def test_sampling_config_is_one_value_for_the_api(problem):
     assert torch.equal(a, b)
     assert cfg.key()["eta"] == 1.0 and cfg.name == "ddim"
     assert SamplingConfig(sampler="unipc", steps=10).key()["sampler"] == "unipc"
+    # options at the sampler's own defaults do not change the key (a sweep folder stays valid)
+    assert SamplingConfig.make(sampler="unipc", order=2).key() == SamplingConfig(sampler="unipc").key()
+    assert SamplingConfig.make(sampler="unipc", order=3).key()["options"] == {"order": 3}
+    assert SamplingConfig().key() == {"sampler": "ddim", "steps": 50, "seed": 0, "eta": 0.0, "v": 0.0,
+                                      "cg_form": "auto", "clip_x0": 1.0}  # the first wave's key
     assert SamplingConfig(sampler="heun", steps=5).evaluations == 9

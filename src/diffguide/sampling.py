@@ -33,6 +33,8 @@ from .validate import optional_positive_int, positive_int
 __all__ = ["SamplingConfig", "takers", "option_owners"]
 
 CG_FORMS = ("auto", "score", "mean")
+# A sampler's call arguments, which the pipeline supplies: never sampler options.
+RESERVED = ("model", "z", "lams", "noise", "callback")
 
 
 def takers(field: str) -> list[str]:
@@ -46,6 +48,18 @@ def _accepts(fn: Sampler, option: str) -> bool:
     except (TypeError, ValueError):
         return True  # cannot tell: let the call decide
     return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _non_default(fn: Sampler, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` less those equal to the sampler's own defaults (``order=2`` for UniPC): they do not
+    change the samples, so they do not change a sweep's key."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return dict(options)
+    return {k: v for k, v in options.items() if k not in params or params[k].default != v}
 
 
 def option_owners(option: str) -> list[str]:
@@ -119,6 +133,9 @@ class SamplingConfig:
         options = {k: v for k, v in given.items() if k not in names}
         if not options:
             return cfg
+        reserved = sorted(set(options) & set(RESERVED))
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: supplied to the sampler at each call, not a sampler option")
         fn = resolve_sampler(cfg.sampler)
         for k, v in options.items():
             if not _accepts(fn, k):
@@ -171,7 +188,7 @@ class SamplingConfig:
     def key(self, device: torch.device | str = "cpu") -> dict[str, Any]:
         """What samples depend on, as JSON (sweeps reuse saved samples only under an equal key). DDPM and
         DDIM at the defaults give the first wave's key, so older sweep folders stay valid."""
-        options = dict(self.options)
+        options = _non_default(self.fn, self.options)
         clip = None if self.clip_x0 is None else float(self.clip_x0)
         key: dict[str, Any] = {"sampler": self.name, "steps": self.steps, "seed": self.seed,
                                "eta": float(options.pop("eta", 0.0)), "v": float(options.pop("v", 0.0)),

@@ -134,7 +134,8 @@ class Step:
     """One step ``lam -> lam_next`` (both finite) of a sampling run, after its evaluation at ``(z, lam)``:
     ``x0`` and ``eps`` (consistent with each other after ``clip_x0``), the model's prediction ``pred``,
     the grid's ``alpha``/``sigma`` at both ends, the noise source and, for samplers that evaluate
-    again within a step (Heun), :meth:`evaluate`."""
+    again within a step (Heun), :meth:`evaluate`. ``last_finite``: this is the grid's last step
+    between finite ``lam`` values (the step before the final denoise, or a finite-ended grid's last)."""
 
     i: int
     lam: float
@@ -150,6 +151,7 @@ class Step:
     noise: Noise
     run: Run
     clip_x0: float | None
+    last_finite: bool
 
     def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor, Prediction]:
         """``(x0, eps, prediction)`` at ``(z, lam_next)``: a second evaluation within this step."""
@@ -163,18 +165,23 @@ class Step:
 
 def solve(model: ModelFn, z: Tensor, lams: Tensor | list[float], sampler: str, takes: frozenset[str],
           update: Callable[[Step], Tensor], *, noise: Noise | None, clip_x0: float | None,
-          callback: Callback | None, min_steps: int = 1) -> Tensor:
+          callback: Callback | None, min_steps: int = 1, check: Callable[[list[float]], None] | None = None) -> Tensor:
     """The loop every sampler shares: evaluate the model at each grid point; a held prediction leaves
     ``z`` as it is; the step to ``lam = +inf`` returns ``x0`` (every solver's step to the clean end);
-    any other step sets ``z = update(step)``. Multistep history is the ``update`` closure's own."""
+    any other step sets ``z = update(step)``. Multistep history is the ``update`` closure's own.
+    ``check(grid)``: a sampler's own check of the validated grid, before any evaluation."""
     grid, noise = prepare(z, lams, noise)
     check_order_grid(grid, sampler, min_steps)
+    if check is not None:
+        check(grid)
     run = Run(model, sampler, takes)
+    last_finite = len(grid) - (3 if grid[-1] == math.inf else 2)
     for i, lam, lam_next, (alpha, sigma), (alpha_n, sigma_n) in transitions(grid):
         x0, eps, pred = predict(run, z, i, lam, alpha, sigma, clip_x0, callback, lam_next == math.inf)
         if pred.hold:
             continue
         if lam_next == math.inf:
             return x0
-        z = update(Step(i, lam, lam_next, alpha, sigma, alpha_n, sigma_n, z, x0, eps, pred, noise, run, clip_x0))
+        z = update(Step(i, lam, lam_next, alpha, sigma, alpha_n, sigma_n, z, x0, eps, pred, noise, run, clip_x0,
+                        i == last_finite))
     return z

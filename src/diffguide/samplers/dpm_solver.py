@@ -29,20 +29,21 @@ def dpmpp_2m(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, lower_ord
         D_i     = (1 + 1/(2 r_i)) x0_i - 1/(2 r_i) x0_{i-1}      (D_0 = x0_0: the first step is DDIM)
         z_{i+1} = (sigma_{i+1}/sigma_i) z_i - alpha_{i+1} (exp(-h_i) - 1) D_i
 
-    ``lower_order_final``: first order also on the last step between finite ``lam`` (the paper's advice
-    for fewer than ~15 steps). The step to ``lam = +inf`` returns ``x0`` (the first-order step's limit:
-    a second-order one diverges as ``h -> inf``). A prediction's ``eps_renoise`` (CFG++) adds
-    ``sigma_{i+1} (eps_renoise - eps)`` to the update, which is CFG++'s change of the DDIM step
-    (``z' = alpha' x0 + sigma' eps_u``) carried over to the multistep update; it is exact at first order.
+    The step to ``lam = +inf`` returns ``x0``: the first-order step's limit (a second-order one diverges
+    as ``h -> inf``), which is what the authors' ``lower_order_final`` (advised below ~15 steps) does on
+    their last step. ``lower_order_final=True`` here also makes the last step between finite ``lam``
+    first order (on a grid ending at a finite ``lam``, its last step: the authors' case). A
+    prediction's ``eps_renoise`` (CFG++) adds ``sigma_{i+1} (eps_renoise - eps)`` to the update: CFG++'s
+    change of the DDIM step (``z' = alpha' x0 + sigma' eps_u``) carried over to the multistep update,
+    exact at first order.
     ``noise`` is accepted for a uniform signature and unused (the solver is deterministic).
     """
     prev: list[tuple[float, Tensor]] = []  # (lam, x0) of the previous evaluation
-    last_finite = len(lams) - 3  # index of the last step between finite lam
 
     def update(s: Step) -> Tensor:
         h = (s.lam_next - s.lam) / 2
         D = s.x0
-        if prev and not (lower_order_final and s.i == last_finite):
+        if prev and not (lower_order_final and s.last_finite):
             half_inv_r = (s.lam_next - s.lam) / (2 * (s.lam - prev[0][0]))  # 1 / (2 r_i)
             D = (1 + half_inv_r) * s.x0 - half_inv_r * prev[0][1]
         prev[:] = [(s.lam, s.x0)]

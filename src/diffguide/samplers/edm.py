@@ -34,12 +34,12 @@ def heun(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, noise: Noise 
     and the step to ``s' = 0`` (``lam = +inf``) is Euler's, which returns ``x0``. ``noise`` is unused.
     """
 
-    lam0 = float(torch.as_tensor(lams, dtype=torch.float64).reshape(-1)[0])
-    if math.exp(-lam0 / 2) > S_START_MAX:
-        raise ValueError(f"the heun sampler integrates linearly in EDM's sigma = exp(-lam/2); this grid starts at "
-                         f"lam = {lam0:.4g} (sigma = {math.exp(-lam0 / 2):.4g}), where a Heun step multiplies the "
-                         f"network's error by ~sigma/2: start at sigma <= {S_START_MAX:g} (lam >= "
-                         f"{-2 * math.log(S_START_MAX):.3g}), e.g. grid='karras' (EDM's sigma 0.002..80)")
+    def check(grid: list[float]) -> None:
+        if -grid[0] / 2 > math.log(S_START_MAX):
+            raise ValueError(f"the heun sampler integrates linearly in EDM's sigma = exp(-lam/2); this grid starts "
+                             f"at lam = {grid[0]:.4g} (sigma = {math.exp(min(-grid[0] / 2, 700)):.4g}), where a Heun "
+                             f"step multiplies the network's error by ~sigma/2: start at sigma <= {S_START_MAX:g} "
+                             f"(lam >= {-2 * math.log(S_START_MAX):.3g}), e.g. grid='karras' (EDM's sigma 0.002..80)")
 
     def update(s: Step) -> Tensor:
         x, ds = s.z / s.alpha, s.sigma_n / s.alpha_n - s.sigma / s.alpha
@@ -47,7 +47,7 @@ def heun(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, noise: Noise 
         return s.alpha_n * (x + ds * 0.5 * (s.eps + eps2))
 
     return solve(model, z, lams, "heun", TAKES, update, noise=noise, clip_x0=clip_x0, callback=callback,
-                 min_steps=2)
+                 min_steps=2, check=check)
 
 
 @torch.no_grad()

@@ -56,9 +56,11 @@ def unipc(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, order: int =
 
     For p = 2 the predictor's ``rho^p = 1/2`` (UniP-2 is DPM-Solver++(2M)); for p = 1 the corrector's
     ``rho^c = 1/2``; otherwise both solve the order conditions (:func:`_coefficients`). ``order`` is 1, 2
-    or 3. ``skip_corrector``: no corrector after the first so many steps (advised at large guidance).
-    ``lower_order_final``: first order on the last step between finite ``lam``. The step to
-    ``lam = +inf`` returns ``x0``. ``eps_renoise`` (CFG++) adds ``sigma' (eps_renoise - eps)`` to each
+    or 3. ``skip_corrector=k``: the corrector is off for the first ``k`` steps (advised at large
+    guidance). ``lower_order_final``: first order on the last step between finite ``lam`` (see
+    :func:`~diffguide.samplers.dpmpp_2m`). The step to ``lam = +inf`` returns ``x0``, evaluated at the
+    predicted (uncorrected) last point, as in the reference implementation; ``callback`` sees the
+    predicted points too. ``eps_renoise`` (CFG++) adds ``sigma' (eps_renoise - eps)`` to each
     predictor and corrector step, as in :func:`~diffguide.samplers.dpmpp_2m`. ``noise`` is unused.
     """
     order = check_int(order, "order", 1, 3)
@@ -66,7 +68,6 @@ def unipc(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, order: int =
     history: list[tuple[float, Tensor]] = []  # (lam, x0) of the evaluations so far, latest last
     # the step to correct: (z, lam, sigma, p, renoise) it started from
     last: list[tuple[Tensor, float, float, int, Tensor | None]] = []
-    last_finite = len(lams) - 3
 
     def update(s: Step) -> Tensor:
         z = s.z
@@ -76,7 +77,7 @@ def unipc(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, order: int =
             if renoise is not None:
                 z = z + s.sigma * renoise
         history[:] = [*history[-(order - 1):], (s.lam, s.x0)] if order > 1 else [(s.lam, s.x0)]
-        p = 1 if lower_order_final and s.i == last_finite else min(order, len(history))
+        p = 1 if lower_order_final and s.last_finite else min(order, len(history))
         renoise = None if s.pred.eps_renoise is None else s.pred.eps_renoise - s.eps
         if s.i >= skip_corrector:
             last.append((z, s.lam, s.sigma, p, renoise))

@@ -223,6 +223,9 @@ def main() -> None:
     ap.add_argument("--phase", choices=["pilot", "main", "precision"], default="main")
     ap.add_argument("--n", type=int, default=None, help="samples per point (pilot 500, else 2000)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--nfe", default=",".join(map(str, ORDER)),
+                    help="main phase: these NFE points only (the report shows every finished point)")
+    ap.add_argument("--no-reference", action="store_true", help="main phase: skip the DDPM-256 reference")
     ap.add_argument("--solver", default=DEMO_SWEEP[0], help="precision phase: the solver (default: the demo's)")
     ap.add_argument("--steps", type=int, default=DEMO_SWEEP[1], help="precision phase: its steps")
     a = ap.parse_args()
@@ -235,8 +238,10 @@ def main() -> None:
         precision(pipe, n, a.solver, a.steps)
         return
     if a.phase == "main" and not a.report_only:
-        todo = configs()
-        todo.insert(2 * len(GRID), ("ddpm", 256, REFERENCE))  # after the 10- and 5-NFE points
+        wanted = {int(x) for x in a.nfe.split(",") if x}
+        todo = [t for t in configs() if t[1] in wanted]
+        if not a.no_reference:  # after the 10- and 5-NFE points
+            todo.insert(sum(1 for t in todo if t[1] in (10, 5)), ("ddpm", 256, REFERENCE))
         for solver, nfe, cfg in todo:
             t0 = time.time()
             point(pipe, cfg, n)

@@ -373,3 +373,14 @@ def test_cli_samples_with_every_solver(pipe: Pipeline, monkeypatch: pytest.Monke
     res = CliRunner().invoke(cli, ["sample", "--n", "10", "--out", str(tmp_path), *args])
     assert res.exit_code == 0, res.output
     assert len(list(tmp_path.glob("*.png"))) == 1
+
+
+def test_a_bf16_sweep_keeps_the_precision_metric(pipe: Pipeline, evaluator: StandIn, reference: ReferenceStats,
+                                                 tmp_path: Path) -> None:
+    """Sampling precision is keyed as `autocast`, so it cannot overwrite the precision/recall metric."""
+    rows = run_sweep(pipe, [Setting(1.0)], n=N, sampler="ddim", steps=STEPS, precision="bf16", out=tmp_path,
+                     batch_size=CHUNK, evaluator=evaluator, reference=reference, progress=False, plot=False)
+    assert isinstance(rows[0]["precision"], float) and rows[0]["autocast"] == "bfloat16"
+    fp32 = run_sweep(pipe, [Setting(1.0)], n=N, sampler="ddim", steps=STEPS, out=tmp_path / "fp32",
+                     batch_size=CHUNK, evaluator=evaluator, reference=reference, progress=False, plot=False)
+    assert "autocast" not in fp32[0]

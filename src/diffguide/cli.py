@@ -14,7 +14,7 @@ __all__ = ["main", "cli", "parse_floats", "parse_labels"]
 
 # The demo's quick sweep: the sampler and steps that measured best at about 10 evaluations
 # (benchmarks/results/solvers/).
-DEMO_SWEEP = ("ddim", 10)
+DEMO_SWEEP = ("unipc", 10)
 
 
 def parse_floats(text: str, name: str) -> list[float]:

@@ -200,8 +200,8 @@ class SamplingConfig:
             if self.grid_kind == "karras":
                 key["rho"] = float(self.rho)
         amp = self.autocast(device)
-        if amp is not None:
-            key["precision"] = str(amp).removeprefix("torch.")
+        if amp is not None:  # not "precision": sweep rows hold the precision/recall metric under that name
+            key["autocast"] = str(amp).removeprefix("torch.")
         return key
 
     def describe(self) -> str:

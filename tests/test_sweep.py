@@ -264,7 +264,7 @@ def test_cli_demo_ends_with_a_quick_sweep(pipe: Pipeline, evaluator: StandIn, re
     monkeypatch.setattr(sweep_mod, "default_evaluator", lambda e, r, shape, device="cpu": (evaluator, reference))
     out = tmp_path / "demo"
     res = CliRunner().invoke(cli, ["demo", "--out", str(out), "--steps", "2", "--sweep-w", "0,2",
-                                   "--sweep-n", str(N), "--sweep-steps", "2"])
+                                   "--sweep-n", str(N), "--sweep-steps", "3"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output[res.output.index("{"):])
     assert [r["tag"] for r in report["sweep"]["rows"]] == ["w0", "w2"]

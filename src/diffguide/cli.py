@@ -228,7 +228,7 @@ def _sampling_options(fn: Any) -> Any:
         click.option("--skip-corrector", type=int,
                      help="UniPC: no corrector for the first N steps, advised at large w (unipc only).  [default: 0]"),
         click.option("--lower-order-final", is_flag=True, default=None,
-                     help="First order on the last finite step (dpmpp-2m, unipc; advised below ~15 steps)."),
+                     help="First order also on the last step between finite lam (dpmpp-2m, unipc)."),
         click.option("--precision", type=click.Choice(list(PRECISIONS)), default=d.precision, show_default=True,
                      help="Network forwards in fp32 or bf16 autocast; auto: bf16 where native (CUDA, AMX/avx512_bf16 "
                           "CPUs). Only fp32 samples are bit-identical across machines."),

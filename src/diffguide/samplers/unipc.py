@@ -59,8 +59,8 @@ def unipc(model: ModelFn, z: Tensor, lams: Tensor | list[float], *, order: int =
     or 3. ``skip_corrector=k``: the corrector is off for the first ``k`` steps (advised at large
     guidance). ``lower_order_final``: first order on the last step between finite ``lam`` (see
     :func:`~diffguide.samplers.dpmpp_2m`). The step to ``lam = +inf`` returns ``x0``, evaluated at the
-    predicted (uncorrected) last point, as in the reference implementation; ``callback`` sees the
-    predicted points too. ``eps_renoise`` (CFG++) adds ``sigma' (eps_renoise - eps)`` to each
+    predicted (uncorrected) last point, since no evaluation follows its correction; ``callback``
+    sees the predicted points too. ``eps_renoise`` (CFG++) adds ``sigma' (eps_renoise - eps)`` to each
     predictor and corrector step, as in :func:`~diffguide.samplers.dpmpp_2m`. ``noise`` is unused.
     """
     order = check_int(order, "order", 1, 3)

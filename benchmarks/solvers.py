@@ -164,6 +164,7 @@ def plot(table: dict[float, dict[str, dict[int, dict[str, Any]]]], ref: dict[flo
         axes[0, j].set(xscale="log", yscale="log", title=f"w = {w:g}", ylabel="FID (domain)")
         axes[1, j].set(xscale="log", xlabel="model evaluations per sample (NFE)", ylabel="class error")
         axes[1, j].set_yscale("symlog", linthresh=1e-3)
+        axes[1, j].set_ylim(bottom=0)
         axes[0, j].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -114,8 +114,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     device = torch.device(device)
     _check_device(net, device, "network")
     _check_device(classifier, device, "classifier")
-    if guide is not None:
-        check_guide(proto, check_network(guide, "guide"))
+    if guide is not None:  # guided() checks that it matches the network
+        check_network(guide, "guide")
         _check_device(guide, device, "guide")
     if isinstance(cg_scale, Tensor):
         cg_scale = check_weight(cg_scale, "cg_scale", minimum=0.0, batch=N)

@@ -7,9 +7,9 @@
 
 from . import guidance, prediction, samplers, schedule
 from .api import Pipeline, load, sample_images
-from .guidance import guided
+from .guidance import RewardGuidance, guided
 from .sampling import SamplingConfig
 
 __version__ = "0.1.0"
-__all__ = ["Pipeline", "load", "sample_images", "guided", "SamplingConfig", "guidance", "prediction", "samplers",
-           "schedule"]
+__all__ = ["Pipeline", "load", "sample_images", "guided", "RewardGuidance", "SamplingConfig", "guidance", "prediction",
+           "samplers", "schedule"]

@@ -6,12 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 from ..prediction import bcast
 from ..schedule import alpha_sigma
-from .engine import pad_rows
+from .reward import classifier_reward, reward_grad
 from .rule import Weight, wb
 
 __all__ = ["Classifier", "ClassifierTerm", "classifier_grad", "cg_eps"]
@@ -20,19 +19,14 @@ Classifier = Callable[[Tensor, Tensor], Tensor]
 
 
 def classifier_grad(classifier: Classifier, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
-    """``grad_z log softmax(classifier(z, lam))[c]``, shape and dtype of ``z`` (at least float32).
+    """``grad_z log softmax(classifier(z, lam))[c]``, shape and dtype of ``z`` (at least float32): the
+    gradient of :func:`~diffguide.guidance.reward.classifier_reward` on ``z``.
 
     Autograd is enabled only here (sampling otherwise runs under ``no_grad``) and no graph outlives
     the call. Each sample's gradient is its own as long as the classifier treats samples
     independently (GroupNorm, or BatchNorm in eval mode).
     """
-    dtype = torch.promote_types(z.dtype, torch.float32)
-    with torch.enable_grad():
-        z_ = z.detach().to(dtype).requires_grad_(True)
-        logits = classifier(z_, lam.to(dtype))
-        logp = torch.log_softmax(logits.to(dtype), dim=-1).gather(1, c.reshape(-1, 1)).sum()
-        (grad,) = torch.autograd.grad(logp, z_)
-    return grad
+    return reward_grad(classifier_reward(classifier), z, lam, c)
 
 
 def cg_eps(eps: Tensor, grad: Tensor, lam: Tensor, scale: Weight) -> Tensor:
@@ -58,5 +52,4 @@ class ClassifierTerm:
 
     def grad(self, z: Tensor, lam: Tensor) -> Tensor:
         """``grad_z log p(c|z)`` at ``labels`` (CPU forwards padded like the network's)."""
-        n = z.shape[0]
-        return classifier_grad(self.classifier, *pad_rows(z, lam, self.labels.to(z.device)))[:n]
+        return classifier_grad(self.classifier, z, lam, self.labels.to(z.device))

@@ -9,7 +9,8 @@ One evaluation of a :class:`Guidance` at ``(z, lam)`` runs these stages, in this
    negative one (the null condition, a negative condition, or another network), or composed
    conditions (CFG only); every request on one network is one batched forward;
 3. **rescale** (phi) of the guided x0 to the conditional x0's std;
-4. **classifier-gradient term** (score form on eps, or the DDPM mean shift);
+4. **classifier-gradient term** (score form on eps, or the DDPM mean shift), then the **reward term**
+   (:mod:`diffguide.guidance.reward`: a differentiable log-likelihood on z or through x0);
 5. **dynamic thresholding** of x0.
 
 Samplers call :meth:`Guidance.start` once per sampling run: the returned :class:`GuidanceRun` holds
@@ -30,6 +31,7 @@ from .classifier import ClassifierTerm, cg_eps
 from .engine import Engine, Request
 from .interval import Interval
 from .rescale import check_phi, rescale
+from .reward import RewardTerm
 from .rule import Rule, Weight, scaled
 from .threshold import check_percentile, threshold_eps
 from .weight_schedule import WSchedule, evaluate_schedule
@@ -59,6 +61,7 @@ class Guidance:
     classifier: ClassifierTerm | None = None
     threshold: float | None = None
     engine: Engine = field(default_factory=Engine)
+    reward: RewardTerm | None = None
 
     def __post_init__(self) -> None:
         if not self.positive:
@@ -83,6 +86,9 @@ class Guidance:
             self.threshold = check_percentile(self.threshold)
         if self.classifier is not None and self.classifier.labels.shape[0] != self.batch:
             raise ValueError(f"classifier labels have batch size {self.classifier.labels.shape[0]}, "
+                             f"expected {self.batch}")
+        if self.reward is not None and self.reward.cond.shape[0] != self.batch:
+            raise ValueError(f"the reward's conditions have batch size {self.reward.cond.shape[0]}, "
                              f"expected {self.batch}")
 
     @property
@@ -110,6 +116,7 @@ class GuidanceRun:
 
     def __init__(self, guidance: Guidance, state: object) -> None:
         self.guidance, self.state = guidance, state
+        self.evaluations = 0  # evaluations so far in this run (named in the reward's errors)
 
     def _strength(self, lam: Tensor) -> tuple[Weight, bool]:
         """``(g, inside)``: the schedule's factor (0 where the interval excludes a row) and whether any
@@ -135,6 +142,7 @@ class GuidanceRun:
             raise ValueError(f"z has batch size {z.shape[0]}, but the conditions have {G.batch}")
         if G.rule.holds(self.state):
             return Prediction(torch.zeros_like(z), hold=True)
+        self.evaluations += 1
         g, guided = self._strength(lam)
         ws = [scaled(w, g) for _, w in G.positive]
         pos = [r for r, _ in G.positive]
@@ -163,6 +171,8 @@ class GuidanceRun:
             else:
                 s = G.classifier.scale
                 mean_grad = (bcast(s.to(z.device), grad) if isinstance(s, Tensor) else s) * grad
+        if G.reward is not None:
+            eps = G.reward(eps, z, lam, self.evaluations)
         # 5. dynamic thresholding of x0
         if G.threshold is not None:
             eps = threshold_eps(eps, z, lam, G.threshold)

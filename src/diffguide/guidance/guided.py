@@ -24,6 +24,7 @@ from .classifier import Classifier, ClassifierTerm
 from .core import Guidance
 from .engine import Engine, Net, Request
 from .interval import Interval
+from .reward import RewardGuidance
 from .rule import Rule, Weight
 from .weight_schedule import WSchedule, get_w_schedule
 
@@ -94,7 +95,8 @@ def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] 
            interval: Interval | tuple[float, float] | None = None, rescale: float = 0.0,
            classifier: Classifier | None = None, cg_scale: Weight = 0.0,
            cg_form: Literal["score", "mean"] = "score", threshold: float | None = None, guide: Net | None = None,
-           max_batch: int | None = None, autocast: torch.dtype | None = None) -> Guidance:
+           reward: RewardGuidance | None = None, max_batch: int | None = None,
+           autocast: torch.dtype | None = None) -> Guidance:
     """The usual guided model function for a batch of conditions ``c`` (labels, shape ``(B,)``).
 
     - ``w`` (the CFG paper's, float or ``(B,)``, ``>= -1``) or ``scale`` (``s = 1 + w``; not both):
@@ -112,6 +114,8 @@ def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] 
     - ``unconditional=True``: the network's null-condition prediction alone (no CFG weight) —
       classifier guidance of an unconditional model.
     - ``classifier``/``cg_scale`` (``>= 0``): classifier guidance towards ``c``, on top of any of these.
+    - ``reward``: a :class:`~diffguide.guidance.reward.RewardGuidance` (a differentiable log-likelihood
+      on z, or through the network's x0 prediction at the first condition), on top of any of these.
     """
     conds: list[Tensor] = list(c) if isinstance(c, (list, tuple)) else [cast(Tensor, c)]
     if not conds:
@@ -156,6 +160,11 @@ def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] 
         else:
             positive = [(Request(net, ci), wi) for ci, wi in zip(conds, ws, strict=True)]
             negative = Request(net, null)
+    engine = Engine(max_batch=max_batch, autocast=autocast)
+    if reward is not None and not isinstance(reward, RewardGuidance):
+        raise ValueError(f"reward must be a RewardGuidance (the reward function with its scale and options), "
+                         f"got {type(reward).__name__}")
+    term = reward.bind(conds[0], positive[0][0].net, positive[0][0].cond, engine) if reward is not None else None
     return Guidance(positive, negative, rule=get_rule(rule), w_schedule=get_w_schedule(w_schedule),
                     interval=_interval(interval), rescale=rescale, classifier=cg, threshold=threshold,
-                    engine=Engine(max_batch=max_batch, autocast=autocast))
+                    engine=engine, reward=term)

@@ -374,12 +374,28 @@ def demo(out: str, steps: int, sweep_w: str, sweep_n: int, sweep_sampler: str, s
 
 
 @cli.command("demo-gmm")
-@click.option("--out", default="out/gmm_demo.png", show_default=True, type=click.Path(dir_okay=False))
-def demo_gmm(out: str) -> None:
-    """CFG and classifier guidance on an exact 2-D Gaussian mixture: contours and samples for w = 0, 1, 3."""
+@click.option("--out", type=click.Path(), help="The PNG (default out/gmm_demo.png); with --autoguidance a folder "
+                                               "(default out/gmm_autoguidance).")
+@click.option("--autoguidance", is_flag=True,
+              help="Instead: train a main MLP and a smaller, shorter-trained guide on exact draws (~1 min on "
+                   "2 cores) and compare no guidance, CFG and autoguidance by exact log-likelihood and mode shares.")
+@click.option("--w", "w_text", default="0.5,1,2,4", show_default=True, help="With --autoguidance: the weights w.")
+def demo_gmm(out: str | None, autoguidance: bool, w_text: str) -> None:
+    """CFG and classifier guidance on an exact 2-D Gaussian mixture: contours and samples for w = 0, 1, 3;
+    or, with --autoguidance, autoguidance against CFG on the same mixture (Karras et al. 2024)."""
+    if autoguidance:
+        from .experiments.autoguidance_toy import autoguidance_toy
+
+        ws = parse_floats(w_text, "--w")
+        if any(w < 0 for w in ws):
+            raise click.BadParameter(f"weights must be >= 0, got {w_text!r}", param_hint="--w")
+        r = autoguidance_toy(out or "out/gmm_autoguidance", ws=ws)
+        click.echo(r.md.read_text())
+        click.echo(f"{r.png}\n{r.md}\n{r.json}")
+        return
     from .experiments.gmm_demo import gmm_demo
 
-    click.echo(str(gmm_demo(out)))
+    click.echo(str(gmm_demo(out or "out/gmm_demo.png")))
 
 
 # --------------------------------------------------------------------------------------- evaluation

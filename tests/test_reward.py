@@ -144,3 +144,20 @@ def test_bad_rewards_are_named_with_the_evaluation_and_lam(gmm):
             RewardGuidance(lambda x, lam, c: x.sum(1), **kwargs)
     with pytest.raises(ValueError, match="reward must be a RewardGuidance"):
         guided(gmm, c, 1.0, reward=lambda x, lam, c: x.sum(1))
+
+
+def test_the_api_takes_a_reward_with_per_sample_scales_across_batches():
+    from diffguide.api import Pipeline
+
+    net = build_model("diffusion", "tiny", channels=1, image_size=8, num_classes=3).eval()
+    pipe = Pipeline(net)
+    ink = lambda x, lam, c: ((x + 1) / 2).flatten(1).sum(1)  # noqa: E731
+    labels = torch.arange(8) % 3
+    s = torch.tensor([0.0] * 4 + [0.5] * 4)
+    mixed = pipe.sample(labels, 1.0, sampler="ddim", steps=4, batch_size=4,
+                        reward=RewardGuidance(ink, scale=s, on="x0"))
+    plain = pipe.sample(labels, 1.0, sampler="ddim", steps=4, batch_size=4)
+    pushed = pipe.sample(labels, 1.0, sampler="ddim", steps=4, batch_size=4,
+                         reward=RewardGuidance(ink, scale=0.5, on="x0"))
+    assert torch.equal(mixed[:4], plain[:4]) and torch.allclose(mixed[4:], pushed[4:], atol=1e-6)
+    assert ink(pushed, None, None).mean() > ink(plain, None, None).mean()  # more ink, as asked

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from copy import deepcopy
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .guidance import Interval, Rule, check_weight, get_rule, guided, resolve_w
+from .guidance import Interval, RewardGuidance, Rule, check_weight, get_rule, guided, resolve_w
 from .guidance.guided import check_guide
 from .guidance.weight_schedule import WSchedule
 from .models import load_model
@@ -25,10 +26,12 @@ from .sampling import SamplingConfig, takers
 from .schedule import Schedule
 
 __all__ = ["Pipeline", "load", "sample_images", "check_combination", "default_max_batch", "ASSETS", "BUILTIN",
-           "CPU_MAX_BATCH"]
+           "BUILTIN_GUIDES", "CPU_MAX_BATCH"]
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors")}
+# Shipped autoguidance guides, by the name of the built-in model they guide (benchmarks/results/autoguidance/).
+BUILTIN_GUIDES = {"mnist": "mnist_guide.safetensors"}
 # On CPU a forward's cost per row grows with its size once activations outgrow the caches: the shipped
 # U-Net costs more per row at 1000 rows than at 128 (benchmarks/results/sampling_speed.md), so
 # CPU forwards are cut into chunks of this many rows by default. Accelerators take the whole batch.
@@ -75,7 +78,7 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
                   w_schedule: str | WSchedule | None = None, interval: Interval | tuple[float, float] | None = None,
                   rescale: float = 0.0, threshold: float | None = None, classifier: nn.Module | None = None,
                   cg_scale: float | Tensor = 0.0, unconditional: bool = False, guide: nn.Module | None = None,
-                  sampling: SamplingConfig | None = None,
+                  reward: RewardGuidance | None = None, sampling: SamplingConfig | None = None,
                   schedule: Schedule | None = None, device: str | torch.device = "cpu", first_index: int = 0,
                   progress: bool = False, counter: dict[str, int] | None = None, **options: Any) -> Tensor:
     """Guided samples, one per label: float32 ``(N, *sample_shape)`` in [-1, 1] on the CPU.
@@ -86,7 +89,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     guidance method (see :func:`diffguide.guidance.guided`). ``unconditional=True`` samples the null
     condition instead (then only classifier guidance steers). ``cg_scale`` is the classifier-guidance
     scale ``s`` (with ``classifier``). ``guide``: autoguidance by this weaker network under the same
-    condition, in place of the null condition (Karras et al. 2024).
+    condition, in place of the null condition (Karras et al. 2024). ``reward``: guidance by a
+    differentiable log-likelihood (:class:`~diffguide.guidance.reward.RewardGuidance`), on top of any of these.
 
     How to sample is ``sampling`` (a :class:`~diffguide.sampling.SamplingConfig`; default: its
     defaults), with any of its fields, or a sampler option, given here as a keyword overriding it
@@ -130,10 +134,13 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
         c = labels[i:i + cfg.batch_size].to(device)
         wi = w[i:i + cfg.batch_size] if isinstance(w, Tensor) else w
         si = cg_scale[i:i + cfg.batch_size] if isinstance(cg_scale, Tensor) else cg_scale
+        ri = reward
+        if reward is not None and isinstance(reward.scale, Tensor):
+            ri = dataclasses.replace(reward, scale=reward.scale[i:i + cfg.batch_size])
         noise = PerSampleNoise(seeds[i:i + cfg.batch_size], shape, device=device)
         model = guided(net, c, wi, rule=rule, w_schedule=w_schedule, interval=interval, rescale=rescale,
                        threshold=threshold, unconditional=unconditional, classifier=classifier, cg_scale=si,
-                       cg_form=cfg.resolved_cg_form(), guide=guide, max_batch=max_batch, autocast=autocast)
+                       cg_form=cfg.resolved_cg_form(), guide=guide, reward=ri, max_batch=max_batch, autocast=autocast)
         out.append(sample(model, noise(), grid, noise=noise, clip_x0=cfg.clip_x0).float().cpu())
         if counter is not None:
             counter["forwards"] = counter.get("forwards", 0) + model.engine.forwards
@@ -190,7 +197,7 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
          guide: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
     """``"mnist"`` (the shipped CFG model and classifier), or a path to an exported ``.safetensors``
     file, a checkpoint or a run directory (``classifier`` and ``guide``, an autoguidance guide,
-    likewise, optional)."""
+    likewise, optional). ``guide="mnist"`` is the shipped guide of the built-in MNIST model."""
     clf = None
     if str(name_or_path) in BUILTIN:
         net_file, clf_file = BUILTIN[str(name_or_path)]
@@ -203,6 +210,10 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
         net = load_model(name_or_path)
     if classifier is not None:
         clf = load_model(classifier)
+    if guide is not None and str(guide) in BUILTIN_GUIDES:
+        guide = ASSETS / BUILTIN_GUIDES[str(guide)]
+        if not guide.exists():
+            raise FileNotFoundError(f"the built-in guide is missing from {ASSETS}")
     gd = load_model(guide) if guide is not None else None
     for m, kind in ((net, "diffusion"), (clf, "classifier"), (gd, "diffusion")):
         if m is None:

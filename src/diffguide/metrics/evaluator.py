@@ -102,10 +102,12 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
 
 
 def train_evaluator(epochs: int = 4, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
-                    max_shift: int = 2, log: Callable[[str], None] | None = print) -> tuple[MNISTEvaluator, float]:
-    """Train :class:`MNISTEvaluator` on the 60k clean MNIST training images (Adam, one-cycle LR,
-    random shifts of up to ``max_shift`` px) with a fixed ``seed``. Plain cross-entropy: label
-    smoothing would cap the softmax's confidence and so the Inception Score (at ~7.5 for 0.05).
+                    max_shift: int = 2, log: Callable[[str], None] | None = print,
+                    model: nn.Module | None = None) -> tuple[nn.Module, float]:
+    """Train :class:`MNISTEvaluator` (or ``model``, any ``(B, 1, 28, 28) -> (B, 10)`` logits module
+    initialised by the caller) on the 60k clean MNIST training images (Adam, one-cycle LR, random shifts
+    of up to ``max_shift`` px) with a fixed ``seed``. Plain cross-entropy: label smoothing would cap
+    the softmax's confidence and so the Inception Score (at ~7.5 for 0.05).
     Returns ``(model in eval mode, accuracy on the 10k test images)``."""
     from diffguide.data.mnist import load_mnist
 
@@ -115,7 +117,7 @@ def train_evaluator(epochs: int = 4, batch_size: int = 128, lr: float = 3e-3, se
     x_test, y_test = load_mnist("test")
     x_train = from_uint8(x_train)
 
-    model = MNISTEvaluator()
+    model = MNISTEvaluator() if model is None else model
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # faster oneDNN convs on CPU
     steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import RESULTS, ROOT, cpu_info  # noqa: E402
 
 import diffguide as dg  # noqa: E402
-from diffguide.guidance import classifier_reward  # noqa: E402
+from diffguide.guidance import REWARDS, classifier_reward, ink  # noqa: E402
 from diffguide.sampling import SamplingConfig  # noqa: E402
 
 N = 500
@@ -126,9 +126,9 @@ def logits(fn: Callable[[Tensor], Tensor], x: Tensor, batch: int = 500) -> Tenso
     return torch.cat([fn(x[i:i + batch]).float() for i in range(0, len(x), batch)])
 
 
-def ink(x: Tensor) -> Tensor:
-    """Ink per image, in pixels: the sum of ``(x + 1) / 2`` over the 784 pixels."""
-    return ((x + 1) / 2).flatten(1).sum(1)
+def ink_of(x: Tensor) -> Tensor:
+    """Ink per image, in pixels: the sum of ``(x + 1) / 2`` over the 784 pixels (the library's ``ink`` reward)."""
+    return ink(x, torch.zeros(len(x)), torch.zeros(len(x)))
 
 
 def points() -> dict[str, dict[str, Any]]:
@@ -146,10 +146,10 @@ def points() -> dict[str, dict[str, Any]]:
         for s in X0_SCALES:
             pts[f"x0-{s:g}"] = {"method": "x0 (clean, DPS)", "s": s, "kw": {"unconditional": True, "reward": (
                 dg.RewardGuidance(classifier_reward(clf), scale=s, on="x0"))}}
-    for sign, name in ((1, "more"), (-1, "less")):
+    for spec, name in (("ink", "more"), ("-ink", "less")):
         for s in INK_SCALES:
             pts[f"ink-{name}-{s:g}"] = {"method": f"ink {name} (x0) + CFG w=1", "s": s, "kw": {"w": 1.0, "reward": (
-                dg.RewardGuidance(lambda x, lam, c, k=sign: k * ink(x), scale=s, on="x0"))}}
+                dg.RewardGuidance(REWARDS[spec], scale=s, on="x0"))}}
     return pts
 
 
@@ -197,7 +197,7 @@ def score() -> dict[str, dict[str, Any]]:
         x = got["x"]
         m = sample_metrics(ev, x, ref, labels)
         row: dict[str, Any] = {"method": p["method"], "s": p["s"], "fid": m["fid"], "seconds": got["seconds"],
-                               "ink": ink(x).mean().item()}
+                               "ink": ink_of(x).mean().item()}
         for name, fn in js.items():
             prob = logits(fn, x).softmax(1)
             row[f"acc_{name}"] = (prob.argmax(1) == labels).float().mean().item()

@@ -384,3 +384,22 @@ def test_a_bf16_sweep_keeps_the_precision_metric(pipe: Pipeline, evaluator: Stan
     fp32 = run_sweep(pipe, [Setting(1.0)], n=N, sampler="ddim", steps=STEPS, out=tmp_path / "fp32",
                      batch_size=CHUNK, evaluator=evaluator, reference=reference, progress=False, plot=False)
     assert "autocast" not in fp32[0]
+
+
+def test_cli_sample_with_a_reward(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(api, "load", lambda *a, **k: pipe)
+    base = ["sample", "--n", "10", "--steps", "2", "--w", "1", "--out", str(tmp_path)]
+    for args in ([], ["--reward", "ink", "--reward-scale", "0.5"], ["--reward", "-ink", "--reward-scale", "0.5"]):
+        res = CliRunner().invoke(cli, [*base, *args])
+        assert res.exit_code == 0, res.output
+    ink = {}
+    for tag in ("w1", "w1_ink0.5", "w1_less_ink0.5"):
+        assert (tmp_path / f"{tag}.png").is_file()
+        with np.load(tmp_path / f"{tag}.npz") as f:
+            ink[tag] = (f["images"].astype(np.float64) / 255).sum(axis=(1, 2, 3)).mean()
+    assert ink["w1_less_ink0.5"] < ink["w1"] < ink["w1_ink0.5"]  # the statistic moves as asked
+    for args, match in ((["--reward", "nope"], "unknown reward 'nope'"),
+                        (["--reward", "ink", "--reward-scale", "-1"], "reward scale must be a finite number >= 0"),
+                        (["--reward", "os:nothing_here"], "cannot load the reward 'os:nothing_here'")):
+        res = CliRunner().invoke(cli, [*base, *args])
+        assert res.exit_code == 2 and match in res.output, res.output

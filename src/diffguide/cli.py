@@ -276,10 +276,12 @@ def _pop_spec(kw: dict[str, Any]) -> Any:
 
 # ----------------------------------------------------------------------------------------- sampling
 def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float], labels: list[int], n: int,
-                 guidance: Any = None, sampling: Any = None, unconditional: bool = False) -> list[Path]:
+                 guidance: Any = None, sampling: Any = None, unconditional: bool = False,
+                 reward: Any = None) -> list[Path]:
     """One PNG grid (rows = classes) and one .npz per (w, cg_scale) setting, with the guidance method
     ``guidance`` (a :class:`~diffguide.guidance.GuidanceSpec`; plain CFG if ``None``) and the
-    :class:`~diffguide.sampling.SamplingConfig` ``sampling``."""
+    :class:`~diffguide.sampling.SamplingConfig` ``sampling`` (and ``reward``, a
+    :class:`~diffguide.guidance.RewardGuidance`, if given)."""
     import torch
 
     from .guidance import GuidanceSpec
@@ -292,8 +294,10 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
     for w in ws:
         for s in cg_scales:
             t0 = time.time()
-            x = pipe.sample(y, w, cg_scale=s, unconditional=unconditional, sampling=sampling, **spec.kwargs())
+            x = pipe.sample(y, w, cg_scale=s, unconditional=unconditional, sampling=sampling, reward=reward,
+                            **spec.kwargs())
             tag = ("uncond" if unconditional else f"w{w:g}") + (f"_cg{s:g}" if s else "")
+            tag += f"_{getattr(reward.reward, '__name__', 'reward')}{reward.scale:g}" if reward is not None else ""
             tag = tag if spec.is_plain else f"{spec.tag}_{tag}"
             written.append(save_grid(x, out / f"{tag}.png", nrow=per))
             save_samples(out / f"{tag}.npz", x, y, w=w, cg_scale=s)
@@ -313,13 +317,21 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 @_guidance_options
 @click.option("--cg-scale", "cg_text", default="0", show_default=True, help="Classifier-guidance scales s.")
 @click.option("--unconditional", is_flag=True, help="Sample the null label (classifier guidance alone steers).")
+@click.option("--reward", "reward_spec", help="Reward guidance by a differentiable log-likelihood: 'ink' (more ink), "
+                                             "'-ink' (less), or module:function called as f(x, lam, cond) -> (B,).")
+@click.option("--reward-scale", default=1.0, show_default=True, type=float, help="Its scale (>= 0).")
+@click.option("--reward-on", type=click.Choice(["x0", "z"]), default="x0", show_default=True,
+              help="x0: the reward reads the network's clean prediction (gradient through the network); "
+                   "z: it reads the noisy latent (a noise-aware reward).")
+@click.option("--reward-clip", type=float, help="Largest per-sample gradient norm (default: no clipping).")
 @click.option("--labels", default="0-9", show_default=True)
 @click.option("--n", default=100, show_default=True, help="Samples per setting (split evenly over labels).")
 @_sampling_options
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default="out/samples", show_default=True, type=click.Path(file_okay=False))
 def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_text: str | None,
-           scale_text: str | None, cg_text: str, unconditional: bool, labels: str, n: int, device: str, out: str,
+           scale_text: str | None, cg_text: str, unconditional: bool, reward_spec: str | None, reward_scale: float,
+           reward_on: str, reward_clip: float | None, labels: str, n: int, device: str, out: str,
            **kw: Any) -> None:
     """Sample a model at several guidance settings: a PNG grid and an .npz per setting."""
     from .api import load
@@ -332,8 +344,17 @@ def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_te
     cg_scales = parse_floats(cg_text, "--cg-scale")
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
+    reward = None
+    if reward_spec:
+        from .guidance.reward import RewardGuidance, get_reward
+
+        try:
+            reward = RewardGuidance(get_reward(reward_spec), scale=reward_scale, on=reward_on,  # type: ignore[arg-type]
+                                    clip=reward_clip)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--reward") from None
     sample_grids(pipe, Path(out), ws=ws, cg_scales=cg_scales, labels=parse_labels(labels, pipe.num_classes), n=n,
-                 guidance=spec, sampling=sampling, unconditional=unconditional)
+                 guidance=spec, sampling=sampling, unconditional=unconditional, reward=reward)
 
 
 @cli.command()

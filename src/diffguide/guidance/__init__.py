@@ -11,7 +11,7 @@ from .engine import MIN_ROWS, Engine, Request
 from .guided import RULES, check_labels, get_rule, guided, null_condition
 from .interval import Interval
 from .rescale import rescale, rescale_x0
-from .reward import RewardGuidance, classifier_reward, reward_grad
+from .reward import REWARDS, RewardGuidance, classifier_reward, get_reward, ink, reward_grad
 from .rule import Rule, Weight
 from .spec import METHODS, GuidanceSpec
 from .threshold import dynamic_threshold
@@ -22,4 +22,4 @@ __all__ = ["APG", "apg_x0", "CFG", "cfg", "check_weight", "composed", "resolve_w
            "GuidanceRun", "MIN_ROWS", "Engine", "Request", "RULES", "check_labels", "get_rule", "guided",
            "null_condition", "Interval", "rescale", "rescale_x0", "Rule", "Weight", "dynamic_threshold",
            "SCHEDULES", "get_w_schedule", "GuidanceSpec", "METHODS", "RewardGuidance",
-           "classifier_reward", "reward_grad"]
+           "classifier_reward", "reward_grad", "REWARDS", "get_reward", "ink"]

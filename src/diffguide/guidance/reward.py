@@ -42,9 +42,42 @@ from .engine import Engine, Net, pad_rows
 from .rule import Weight, scaled, wb
 from .weight_schedule import WSchedule, evaluate_schedule, get_w_schedule
 
-__all__ = ["Reward", "RewardGuidance", "RewardTerm", "reward_grad", "classifier_reward", "clip_norm"]
+__all__ = ["Reward", "RewardGuidance", "RewardTerm", "reward_grad", "classifier_reward", "clip_norm", "ink",
+           "REWARDS", "get_reward"]
 
 Reward = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def ink(x: Tensor, lam: Tensor, cond: Tensor) -> Tensor:
+    """Ink per image, in pixels: the sum of ``(x + 1) / 2`` over all but the batch dimension (images in
+    [-1, 1]; a clean-image reward, for ``on="x0"``)."""
+    return ((x + 1) / 2).flatten(1).sum(1)
+
+
+def less_ink(x: Tensor, lam: Tensor, cond: Tensor) -> Tensor:
+    return -ink(x, lam, cond)
+
+
+REWARDS: dict[str, Reward] = {"ink": ink, "-ink": less_ink}
+
+
+def get_reward(spec: str) -> Reward:
+    """A reward by name (``ink``: more ink, ``-ink``: less) or ``module:function`` (imported; the function
+    is called as ``reward(x, lam, cond) -> (B,)``)."""
+    if spec in REWARDS:
+        return REWARDS[spec]
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"unknown reward {spec!r}: expected one of {sorted(REWARDS)} or module:function")
+    import importlib
+
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load the reward {spec!r}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"the reward {spec!r} is not callable")
+    return fn
 
 
 def classifier_reward(classifier: Callable[[Tensor, Tensor], Tensor]) -> Reward:

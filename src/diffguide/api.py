@@ -193,11 +193,26 @@ class Pipeline:
                              device=self.device, **kwargs)
 
 
+def _load_network(path: str | Path) -> nn.Module:
+    from .nets.diffusers_adapter import is_diffusers_folder, load_diffusers
+
+    if is_diffusers_folder(path):
+        net = load_diffusers(path)
+        net.meta = {"kind": "diffusion", "source": "diffusers", "path": str(path)}  # type: ignore[assignment]
+        return net
+    if not Path(path).exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model not found: {path} (a hub name? diffguide never downloads anything: save "
+                                f"the model locally, e.g. with diffusers' save_pretrained, and pass that folder)")
+    return load_model(path)
+
+
 def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = None,
          guide: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
     """``"mnist"`` (the shipped CFG model and classifier), or a path to an exported ``.safetensors``
     file, a checkpoint or a run directory (``classifier`` and ``guide``, an autoguidance guide,
-    likewise, optional). ``guide="mnist"`` is the shipped guide of the built-in MNIST model."""
+    likewise, optional). ``guide="mnist"`` is the shipped guide of the built-in MNIST model. A local
+    diffusers ``save_pretrained`` folder (a ``UNet2DModel`` and its scheduler) loads through
+    :mod:`diffguide.nets.diffusers_adapter` (network or guide)."""
     clf = None
     if str(name_or_path) in BUILTIN:
         net_file, clf_file = BUILTIN[str(name_or_path)]
@@ -207,14 +222,14 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
         if classifier is None and (ASSETS / clf_file).exists():
             clf = load_model(ASSETS / clf_file)
     else:
-        net = load_model(name_or_path)
+        net = _load_network(name_or_path)
     if classifier is not None:
         clf = load_model(classifier)
     if guide is not None and str(guide) in BUILTIN_GUIDES:
         guide = ASSETS / BUILTIN_GUIDES[str(guide)]
         if not guide.exists():
             raise FileNotFoundError(f"the built-in guide is missing from {ASSETS}")
-    gd = load_model(guide) if guide is not None else None
+    gd = _load_network(guide) if guide is not None else None
     for m, kind in ((net, "diffusion"), (clf, "classifier"), (gd, "diffusion")):
         if m is None:
             continue

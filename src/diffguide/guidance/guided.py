@@ -137,7 +137,7 @@ def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] 
     cg = None
     if classifier is not None:
         Kc = getattr(classifier, "num_classes", None)
-        if K is not None and Kc is not None and int(K) != int(Kc):
+        if K and Kc is not None and int(K) != int(Kc):  # an unconditional network (K = 0) takes any classifier
             raise ValueError(f"classifier has {Kc} classes but the network has {K}")
         if Kc is not None:
             check_labels(conds[0], int(Kc), allow_null=False)

@@ -243,3 +243,31 @@ def test_classifier_guidance_rejects_mismatched_networks():
         sample_images(net, [0, 1], classifier=ok, cg_scale=1.0, cg_form="mean", sampler="ddim", steps=2)
     x = sample_images(net, [0, 1, 2], classifier=ok, cg_scale=2.0, sampler="ddpm", steps=3)
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path, capsys):
+    data = tiny_data()
+    full = train(_cfg(tmp_path, "full", steps=18), data=data, progress=False)
+    def crash(step, loss):
+        if step == 13:  # just after the step-12 checkpoint
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, "hurt", steps=18), data=data, progress=False, on_step=crash)
+    run = tmp_path / "hurt"
+    newest = latest_checkpoint(run)
+    assert newest.name == "ckpt-00000012"
+    victim = max(newest.glob("*.safetensors"), key=lambda f: f.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a truncated write
+    resumed = train(_cfg(tmp_path, "hurt", steps=18), data=data, progress=False, resume=True)
+    err = capsys.readouterr().err
+    assert "ckpt-00000012 is damaged" in err and "resuming from ckpt-00000006 instead, 6 steps lost" in err
+    for (k, va), vb in zip(load_model(full).state_dict().items(), load_model(resumed).state_dict().values(),
+                           strict=True):
+        assert torch.equal(va, vb), k  # the redone steps are the same steps: the result is the uninterrupted one
+    for ck in (run / "ckpt-00000012", run / "ckpt-00000018", run / "ckpt-00000006"):
+        if ck.exists():
+            for f in ck.glob("*.safetensors"):
+                f.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"no intact checkpoint in .*\n  ckpt-00000018: .*corrupt"):
+        train(_cfg(tmp_path, "hurt", steps=24), data=data, progress=False, resume=True)

@@ -159,6 +159,11 @@ def latest_checkpoint(run_dir: StrPath) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def checkpoints(run_dir: StrPath) -> list[Path]:
+    """Every finished checkpoint directory in ``run_dir``, oldest step first (unfinished writes excluded)."""
+    return _checkpoints(Path(run_dir))
+
+
 def read_config(path: StrPath) -> dict[str, Any]:
     """The config dict stored in a checkpoint directory (reads ``state.json`` only)."""
     return _read_state(Path(path))["config"]

@@ -12,15 +12,17 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from torch import nn
 from torch.profiler import record_function
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data import Batches, ImageData, check_batch_size, load_data
 from ..ema import EMA
 from ..models import build_model
@@ -94,6 +96,30 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
                          + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diff.items()))
 
 
+def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer) -> tuple[dict[str, Any], Path]:
+    """Load the newest *intact* checkpoint. A damaged one (truncated file, failed disk) is reported with the
+    steps its fallback loses; only when none is intact does resuming stop, naming each one's damage."""
+    found = checkpoints(run_dir)
+    damaged: list[tuple[Path, str]] = []
+    for ckpt in reversed(found):
+        try:
+            state = load_checkpoint(ckpt, model=net, ema=ema, optimizer=opt, restore_rng=True)
+        except (ValueError, OSError) as e:  # load_checkpoint names the damage it finds; OSError: the disk
+            damaged.append((ckpt, str(e)))
+            continue
+        for bad, why in damaged:
+            lost = _step_of(bad) - int(state["step"])
+            print(f"warning: {bad.name} is damaged ({why}); resuming from {ckpt.name} instead, {lost} steps lost",
+                  file=sys.stderr)
+        return state, ckpt
+    raise ValueError("--resume: no intact checkpoint in " + str(run_dir) + ":\n"
+                     + "\n".join(f"  {p.name}: {why}" for p, why in damaged))
+
+
+def _step_of(ckpt: Path) -> int:
+    return int("".join(ch for ch in ckpt.name if ch.isdigit()) or 0)
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
           data: ImageData | None = None, on_step: Callable[[int, float], None] | None = None) -> Path:
     """Train per ``cfg``; returns the run directory (checkpoints, ``log.jsonl``, ``config.json``).
@@ -128,7 +154,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     if resume:
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
-        state = load_checkpoint(ckpt, model=net, ema=ema, optimizer=opt, restore_rng=True)
+        state, ckpt = _resume(run_dir, net, ema, opt)
         _check_resumable(state["config"], cfg)
         step, elapsed = int(state["step"]), float(state.get("extra", {}).get("elapsed_s", 0.0))
         print(f"resumed from {ckpt} at step {step}")

@@ -102,3 +102,39 @@ def test_loading_refuses_what_it_cannot_read_safely(tmp_path):
         dg.load("google/ddpm-cifar10-32")
     with pytest.raises(ValueError, match="prediction_type must be one of"):
         DiffusersUNet(unet, scheduler().alphas_cumprod, prediction_type="flow")
+
+
+@pytest.mark.parametrize("kind, b0, b1", [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012),
+                                          ("squaredcos_cap_v2", 1e-4, 0.02)])
+def test_a_diffusers_scheduler_config_is_read_as_diffusers_defines_it(kind, b0, b1):
+    from diffguide.schedule import diffusers_schedule
+
+    cfg = {"num_train_timesteps": 200, "beta_schedule": kind, "beta_start": b0, "beta_end": b1}
+    abar = torch.sigmoid(diffusers_schedule(cfg).table)
+    assert torch.allclose(abar, DDPMScheduler(**cfg).alphas_cumprod.double(), atol=2e-6)  # theirs is float32
+
+
+def test_a_classifier_trains_on_an_adapted_models_schedule_and_shape(tmp_path):
+    """ADM's recipe on someone else's model: a noise-aware classifier for its schedule, kept in the export."""
+    from diffguide.data import ImageData
+    from diffguide.models import export_model, load_model
+    from diffguide.training.config import TrainConfig
+    from diffguide.training.trainer import train
+
+    sch = scheduler()
+    sch.save_pretrained(tmp_path / "model" / "scheduler")
+    g = torch.Generator().manual_seed(0)
+    data = ImageData(images=torch.rand(32, 1, 8, 8, generator=g) * 2 - 1, labels=torch.arange(32) % 3,
+                     num_classes=3, class_names=("a", "b", "c"), name="tiny")
+    cfg = TrainConfig(task="classifier", out=str(tmp_path / "clf"), preset="tiny", batch_size=8, steps=3,
+                      schedule=str(tmp_path / "model"), precision="fp32", device="cpu", ckpt_every=3, log_every=1)
+    run = train(cfg, data=data, progress=False)
+    out = export_model(run, tmp_path / "clf.safetensors")
+    (tmp_path / "model" / "scheduler" / "scheduler_config.json").unlink()  # the export does not need it any more
+    clf = load_model(out)
+    want = torch.log(sch.alphas_cumprod.double()) - torch.log1p(-sch.alphas_cumprod.double())
+    assert torch.allclose(clf.train_schedule.table, want, atol=1e-3)
+    unet = DiffusersUNet(tiny_unet(None), sch.alphas_cumprod)
+    x = dg.Pipeline(unet, classifier=clf).sample(torch.arange(3), 0.0, unconditional=True, cg_scale=2.0,
+                                                 sampler="ddim", steps=4)
+    assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()

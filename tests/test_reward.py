@@ -127,7 +127,7 @@ def test_x0_reward_guidance_moves_the_mixture_towards_the_class(gmm):
 
 def test_bad_rewards_are_named_with_the_evaluation_and_lam(gmm):
     c, z = torch.arange(4) % gmm.num_classes, torch.randn(4, 2, dtype=torch.float64)
-    cases = [(lambda x, lam, c: x.sum(), r"shape \(\) at evaluation 1 \(lam = -8\): expected \(4,\)"),
+    cases = [(lambda x, lam, c: x.sum(), r"shape \(\) at evaluation 1 \(lam = -8\): expected \(16,\)"),  # padded
              (lambda x, lam, c: x[:, 0] * math.nan, r"returned nan for sample 0 at evaluation 1 \(lam = -8\)"),
              (lambda x, lam, c: (x ** 2).sum(1) * torch.where(lam > 0, math.inf, 1.0),
               r"returned inf for sample 0 at evaluation 7 \(lam = 1\.6\)"),

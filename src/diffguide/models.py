@@ -95,10 +95,13 @@ def load_model(path: str | Path, *, ema: bool = True) -> nn.Module:
             averaged.copy_to(net)
         meta = {"kind": config["kind"], "model": config["model"], "train": config, "step": meta["step"]}
     net.meta = meta  # type: ignore[assignment]  # a plain dict attribute, not a Tensor/Module
-    if hasattr(net, "train_schedule"):  # network protocol: the schedule it was trained with
-        from .schedule import get_schedule
+    # the schedule it was trained with (network protocol; a classifier keeps it too, for its lam range)
+    from .schedule import DiscreteSchedule, get_schedule
 
-        net.train_schedule = get_schedule(meta.get("train", {}).get("schedule", "continuous"))  # type: ignore[assignment]
+    train = meta.get("train", {})
+    table = train.get("schedule_table")  # a schedule read from a file at training time, kept whole
+    net.train_schedule = (DiscreteSchedule(tuple(table), "diffusers") if table  # type: ignore[assignment]
+                          else get_schedule(train.get("schedule", "continuous")))
     return net.eval()
 
 

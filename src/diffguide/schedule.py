@@ -27,6 +27,7 @@ __all__ = [
     "Schedule",
     "check_grid",
     "get_schedule",
+    "diffusers_schedule",
     "GRIDS",
     "EDM_SIGMA",
     "lam_range",
@@ -197,14 +198,46 @@ class DiscreteSchedule:
 
 
 def get_schedule(name: str) -> ContinuousSchedule | DiscreteSchedule:
-    """A schedule by name: ``"continuous"`` (the CFG paper's), ``"linear"`` or ``"cosine"`` (T=1000)."""
+    """A schedule by name: ``"continuous"`` (the CFG paper's), ``"linear"`` or ``"cosine"`` (T=1000), or the
+    path of a diffusers scheduler config (``scheduler_config.json``, or a folder holding one, directly or
+    in ``scheduler/``): the schedule a diffusers model was trained with (:func:`diffusers_schedule`)."""
     if name == "continuous":
         return ContinuousSchedule()
     if name == "linear":
         return DiscreteSchedule.linear()
     if name == "cosine":
         return DiscreteSchedule.cosine()
-    raise ValueError(f"unknown schedule {name!r}; expected 'continuous', 'linear' or 'cosine'")
+    from pathlib import Path
+
+    p = Path(name)
+    for f in (p, p / "scheduler_config.json", p / "scheduler" / "scheduler_config.json"):
+        if f.is_file():
+            import json
+
+            return diffusers_schedule(json.loads(f.read_text()))
+    raise ValueError(f"unknown schedule {name!r}; expected 'continuous', 'linear', 'cosine' or the path of a "
+                     f"diffusers scheduler_config.json")
+
+
+def diffusers_schedule(config: dict) -> DiscreteSchedule:
+    """The discrete schedule of a diffusers DDPM/DDIM scheduler config (``num_train_timesteps``,
+    ``beta_schedule`` = ``linear | scaled_linear | squaredcos_cap_v2``, ``beta_start``, ``beta_end``, or
+    ``trained_betas``), computed here as diffusers defines it (no diffusers import)."""
+    T = int(config.get("num_train_timesteps", 1000))
+    if config.get("trained_betas") is not None:
+        return DiscreteSchedule.from_betas(torch.tensor(config["trained_betas"], dtype=torch.float64), "diffusers")
+    kind = config.get("beta_schedule", "linear")
+    b0, b1 = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    if kind == "linear":
+        betas = torch.linspace(b0, b1, T, dtype=torch.float64)
+    elif kind == "scaled_linear":  # Stable Diffusion's: linear in sqrt(beta)
+        betas = torch.linspace(b0**0.5, b1**0.5, T, dtype=torch.float64) ** 2
+    elif kind == "squaredcos_cap_v2":  # Nichol & Dhariwal 2021, eq. 17, betas capped at 0.999
+        return DiscreteSchedule(DiscreteSchedule.cosine(T).lams, "diffusers")
+    else:
+        raise ValueError(f"beta_schedule {kind!r} is not supported; expected linear, scaled_linear, "
+                         f"squaredcos_cap_v2 or trained_betas")
+    return DiscreteSchedule.from_betas(betas, "diffusers")
 
 
 GRIDS = ("schedule", "lam", "karras")

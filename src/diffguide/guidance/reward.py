@@ -103,7 +103,7 @@ def _checked(r: object, n: int, at: tuple[int, Tensor] | None) -> Tensor:
                          f"log-likelihood per sample")
     if tuple(r.shape) != (n,):
         raise ValueError(f"the reward returned shape {tuple(r.shape)}{_where(at)}: expected ({n},), one "
-                         f"log-likelihood per sample")
+                         f"log-likelihood per row of x (CPU batches of fewer than 16 rows arrive padded)")
     if not torch.isfinite(r).all():
         i = int((~torch.isfinite(r)).nonzero()[0])
         raise ValueError(f"the reward returned {r[i].item()} for sample {i}{_where(at)}: expected finite values")
@@ -135,7 +135,9 @@ def reward_grad(reward: Reward, z: Tensor, lam: Tensor, cond: Tensor, *, net: Ne
                 with ctx:
                     eps = net(zi, li, ni)
                 x = x0_from_eps(zi, eps.to(dtype), li)
-            r = _checked(reward(x[:m], li[:m], ci[:m]), m, at)
+            # the reward sees the padded rows too (CPU padding, as every forward): its own forwards then
+            # see the same batch shapes whatever the batch size; the padding's rewards are dropped
+            r = _checked(reward(x, li, ci), len(x), at)[:m]
             # a reward with no path to x (a constant) has no graph: its gradient is zero
             g = torch.autograd.grad(r.sum(), zi, allow_unused=True)[0] if r.requires_grad else None
         out.append(torch.zeros_like(zi[:m]) if g is None else g[:m])

@@ -27,7 +27,7 @@ from ..data import Batches, ImageData, check_batch_size, load_data
 from ..ema import EMA
 from ..models import build_model
 from ..precision import cpu_has_native_bf16, resolve_precision
-from ..schedule import get_schedule
+from ..schedule import DiscreteSchedule, get_schedule
 from .config import TrainConfig
 from .losses import ClassifierLoss, DiffusionLoss
 
@@ -148,6 +148,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                             foreach=True)
     ema = EMA(net, decay=cfg.ema_decay)
     config = {**dataclasses.asdict(cfg), "model": dataclasses.asdict(cast(Any, net.config)), "kind": cfg.task}
+    if isinstance(schedule, DiscreteSchedule) and schedule.name == "diffusers":  # from a file: keep the table
+        config["schedule_table"] = list(schedule.lams)
 
     step, elapsed = 0, 0.0
     ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None

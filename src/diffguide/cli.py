@@ -61,7 +61,8 @@ def _train_options(fn: Any) -> Any:
         click.option("--image-size", type=int), click.option("--channels", type=int),
         click.option("--hflip/--no-hflip", default=None, help="Random horizontal flips (off for digits)."),
         click.option("--preset", help="Network size: tiny | small | base."),
-        click.option("--schedule", help="continuous (CFG paper) | linear | cosine."),
+        click.option("--schedule", help="continuous (CFG paper) | linear | cosine, or the path of a diffusers "
+                                        "scheduler config (or its folder): train for that model's schedule."),
         click.option("--batch-size", type=int), click.option("--steps", type=int),
         click.option("--time-budget", help="Wall-clock budget instead of/besides --steps, e.g. 30m, 1h, 90s."),
         click.option("--lr", type=float), click.option("--warmup", type=int),

@@ -138,3 +138,27 @@ def test_a_classifier_trains_on_an_adapted_models_schedule_and_shape(tmp_path):
     x = dg.Pipeline(unet, classifier=clf).sample(torch.arange(3), 0.0, unconditional=True, cg_scale=2.0,
                                                  sampler="ddim", steps=4)
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_the_cli_samples_an_adapted_unconditional_model_with_its_classifier(tmp_path):
+    from click.testing import CliRunner
+
+    from diffguide.cli import cli
+    from diffguide.data import ImageData
+    from diffguide.training.config import TrainConfig
+    from diffguide.training.trainer import train
+
+    tiny_unet(None).save_pretrained(tmp_path / "model" / "unet")
+    scheduler().save_pretrained(tmp_path / "model" / "scheduler")
+    data = ImageData(images=torch.rand(16, 1, 8, 8) * 2 - 1, labels=torch.arange(16) % 3, num_classes=3,
+                     class_names=("a", "b", "c"), name="tiny")
+    run = train(TrainConfig(task="classifier", out=str(tmp_path / "clf"), preset="tiny", batch_size=8, steps=2,
+                            schedule=str(tmp_path / "model"), precision="fp32", device="cpu", ckpt_every=2),
+                data=data, progress=False)
+    base = ["sample", "--checkpoint", str(tmp_path / "model"), "--n", "6", "--steps", "3", "--w", "0"]
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "a")])  # no classes: one placeholder label
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, [*base, "--classifier", str(run), "--unconditional", "--cg-scale", "2",
+                                   "--labels", "0-2", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "b" / "uncond_cg2.png").is_file()

@@ -354,8 +354,10 @@ def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_te
                                     clip=reward_clip)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--reward") from None
-    sample_grids(pipe, Path(out), ws=ws, cg_scales=cg_scales, labels=parse_labels(labels, pipe.num_classes), n=n,
-                 guidance=spec, sampling=sampling, unconditional=unconditional, reward=reward)
+    # an unconditional network's labels are its classifier's classes (or a single placeholder class)
+    classes = pipe.num_classes or int(getattr(pipe.classifier, "num_classes", 0) or 1)
+    sample_grids(pipe, Path(out), ws=ws, cg_scales=cg_scales, labels=parse_labels(labels if classes > 1 else "0",
+                 classes), n=n, guidance=spec, sampling=sampling, unconditional=unconditional, reward=reward)
 
 
 @cli.command()

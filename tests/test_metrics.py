@@ -403,3 +403,23 @@ def test_reference_stats_cache_round_trip(tmp_path: Path, monkeypatch: pytest.Mo
     cache_path("toy", "train", net, 50).write_bytes(b"")
     reference_stats("toy", "train", net, load, max_features=50)
     assert len(calls) == 4
+
+
+def test_kid_is_the_unbiased_mmd_of_its_definition():
+    from diffguide.metrics import kid, mmd2_unbiased
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(7, 3)), rng.normal(0.5, 1.0, size=(7, 3))
+    k = lambda x, y: (x @ y / 3 + 1) ** 3  # noqa: E731
+    m = len(a)
+    within = sum(k(a[i], a[j]) + k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    cross = sum(k(a[i], b[j]) for i in range(m) for j in range(m)) / m**2
+    assert abs(mmd2_unbiased(a, b) - (within - 2 * cross)) < 1e-9
+    # same distribution: ~0 (unbiased; a biased estimate would sit at a positive offset); shifted: falls with the shift
+    ref = rng.normal(size=(3000, 16))
+    same = kid(ref, rng.normal(size=(3000, 16)), subsets=20, subset_size=500)
+    assert abs(same[0]) < 3 * same[1] / np.sqrt(20) + 1e-3
+    shifts = [kid(ref, rng.normal(d, 1.0, size=(3000, 16)), subsets=20, subset_size=500)[0] for d in (1.0, 0.5, 0.25)]
+    assert shifts[0] > shifts[1] > shifts[2] > same[0]
+    with pytest.raises(ValueError, match="features must be"):
+        kid(ref, ref[:, :3])

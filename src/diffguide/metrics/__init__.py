@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .features import FeatureNet, InceptionFeatures, extract, inception_weights_path
 from .fid import feature_stats, fid_from_features, frechet_distance
 from .inception_score import inception_score
+from .kid import kid, mmd2_unbiased
 from .precision_recall import class_accuracy, in_manifold, manifold_radii, precision_recall
 from .reference_stats import ReferenceStats, mnist_reference_stats, reference_stats, weights_hash
 from .summary import sample_metrics
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FeatureNet", "InceptionFeatures", "MNISTEvaluator", "ReferenceStats", "class_accuracy", "extract",
-    "feature_stats", "fid_from_features", "frechet_distance", "in_manifold", "inception_score",
+    "feature_stats", "fid_from_features", "frechet_distance", "in_manifold", "inception_score", "kid", "mmd2_unbiased",
     "inception_weights_path", "load_evaluator", "manifold_radii", "mnist_reference_stats", "precision_recall",
     "reference_stats", "sample_metrics", "train_evaluator", "weights_hash",
 ]

@@ -9,6 +9,7 @@ from torch import Tensor
 from .features import FeatureNet, extract
 from .fid import feature_stats, frechet_distance
 from .inception_score import inception_score
+from .kid import kid
 from .precision_recall import class_accuracy, precision_recall
 from .reference_stats import ReferenceStats
 
@@ -21,6 +22,8 @@ def sample_metrics(net: FeatureNet, images: Tensor | np.ndarray, reference: Refe
     """Metrics of generated ``images`` ``(N, C, H, W)`` in [-1, 1] (or uint8) under ``net``:
 
     - ``fid``: Fréchet distance to ``reference`` (mu, sigma over all reference images);
+    - ``kid``, ``kid_std``: unbiased KID (cubic kernel) and its std over 50 subsets of up to 1000 features
+      of each set (the reference's stored features);
     - ``precision``, ``recall``: k-NN manifolds (k = ``k``) of equally many real and fake
       features, ``min(N, len(reference.features))`` each (set size changes the radii), the larger
       set subsampled at random (fixed seed: files are often sorted by class or by source);
@@ -40,6 +43,7 @@ def sample_metrics(net: FeatureNet, images: Tensor | np.ndarray, reference: Refe
         return a if len(a) == m else a[np.sort(rng.choice(len(a), m, replace=False))]
 
     out["precision"], out["recall"] = precision_recall(subset(reference.features), subset(feats), k)
+    out["kid"], out["kid_std"] = kid(reference.features, feats, subsets=50)
     try:
         probs = extract(net, images, batch_size, output="probs")
     except NotImplementedError:

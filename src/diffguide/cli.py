@@ -424,6 +424,66 @@ def demo_gmm(out: str | None, autoguidance: bool, w_text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------- evaluation
+def metrics_setup(shape: tuple[int, ...], reference: str | None, features: str, evaluator_path: str | None,
+                  device: str = "cpu") -> tuple[Any, Any]:
+    """``(feature net, reference statistics)`` for samples of ``shape`` from the metric options:
+    ``--features`` (auto | mnist | inception), ``--reference`` (mnist, a folder, an .npz of images or of
+    statistics; default: the MNIST test split for 1x28x28) and ``--evaluator`` (a classifier trained by
+    ``train-classifier``, read at its clean end for class accuracy and IS; or MNIST evaluator weights)."""
+    from .experiments.sweep import WithClassifier, feature_net
+    from .metrics.reference_stats import load_reference
+
+    mnist = tuple(shape) == (1, 28, 28)
+    if evaluator_path and features in ("auto", "mnist") and mnist and _is_evaluator_file(evaluator_path):
+        from .metrics import load_evaluator
+
+        net: Any = load_evaluator(evaluator_path, device=device)
+    else:
+        net = feature_net(features, shape, device)
+        if evaluator_path:
+            from .models import load_model
+
+            clf = load_model(evaluator_path)
+            if _meta(clf).get("kind") != "classifier":
+                raise ValueError(f"--evaluator {evaluator_path}: expected a classifier trained by train-classifier")
+            net = WithClassifier(net, clf.to(device))
+    if reference is None and not mnist:
+        raise ValueError(f"samples of shape {'x'.join(map(str, shape))} need --reference (an image folder, an "
+                         f".npz of images, or statistics from diffguide reference-stats)")
+    return net, load_reference(reference or "mnist:test", net, image_size=None if mnist else shape[-1])
+
+
+def _meta(module: Any) -> dict[str, Any]:
+    return dict(getattr(module, "meta", {}) or {})
+
+
+def _is_evaluator_file(path: str) -> bool:
+    """Whether ``path`` holds MNIST-evaluator weights (no diffguide model metadata)."""
+    from .checkpoint import load_weights
+
+    try:
+        _, meta = load_weights(path)
+    except (ValueError, FileNotFoundError):
+        return False
+    return "kind" not in meta
+
+
+_metric_options = [
+    click.option("--reference", help="Reference set: mnist | mnist:test | an image folder | an .npz of images | "
+                                     "statistics (.npz with mu, sigma[, features]). Default: the MNIST test split "
+                                     "for 1x28x28 samples."),
+    click.option("--features", type=click.Choice(["auto", "mnist", "inception"]), default="auto", show_default=True,
+                 help="Feature network: the MNIST evaluator for 1x28x28 samples, else Inception-v3 (the inception "
+                      "extra; nothing is downloaded)."),
+]
+
+
+def _metrics_opts(fn: Any) -> Any:
+    for opt in reversed(_metric_options):
+        fn = opt(fn)
+    return fn
+
+
 @cli.command()
 @click.option("--checkpoint", default="mnist", show_default=True,
               help="'mnist' (shipped), an exported .safetensors, a checkpoint or a run directory.")
@@ -442,14 +502,17 @@ def demo_gmm(out: str | None, autoguidance: bool, w_text: str) -> None:
 @click.option("--n", default=10_000, show_default=True, help="Samples per setting (labels i mod K, balanced).")
 @_sampling_options
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False),
-              help="MNIST evaluator weights (default: shipped).")
+              help="A classifier trained by train-classifier (class accuracy and IS at its clean end), or MNIST "
+                   "evaluator weights (default: the shipped evaluator, for MNIST).")
+@_metrics_opts
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default="out/sweep", show_default=True, type=click.Path(file_okay=False))
 @click.option("--no-plot", is_flag=True, help="Skip sweep.png.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_text: str | None,
-          scale_text: str | None, cg_text: str, unconditional: bool, n: int, evaluator_path: str | None, device: str,
-          out: str, no_plot: bool, no_progress: bool, **kw: Any) -> None:
+          scale_text: str | None, cg_text: str, unconditional: bool, n: int, evaluator_path: str | None,
+          reference: str | None, features: str, device: str, out: str, no_plot: bool, no_progress: bool,
+          **kw: Any) -> None:
     """Sample and score a model over guidance settings: FID, IS, precision/recall, class accuracy.
 
     Settings: every --w with CFG alone (tag w<w>), then every nonzero --cg-scale s on the
@@ -470,12 +533,8 @@ def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_tex
     pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=device)
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
-    evaluator = None
-    if evaluator_path:
-        from .metrics import load_evaluator
-
-        evaluator = load_evaluator(evaluator_path, device=device)
-    rows = run_sweep(pipe, settings, n=n, out=Path(out), sampling=sampling, evaluator=evaluator,
+    evaluator, ref = metrics_setup(pipe.sample_shape, reference, features, evaluator_path, device)
+    rows = run_sweep(pipe, settings, n=n, out=Path(out), sampling=sampling, evaluator=evaluator, reference=ref,
                      progress=not no_progress, plot=not no_plot)
     width = max(14, *(len(r["tag"]) + 2 for r in rows))
     click.echo(f"{'setting':<{width}}{'FID':>9}{'IS':>14}{'prec':>7}{'recall':>7}{'acc':>7}{'NFE':>6}")
@@ -491,17 +550,35 @@ def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_tex
 @click.option("--samples", required=True, type=click.Path(dir_okay=False),
               help=".npz with 'images' uint8 (N, H, W[, C]) and optional 'labels'.")
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False),
-              help="MNIST evaluator weights (default: shipped).")
-def evaluate(samples: str, evaluator_path: str | None) -> None:
-    """Print the metrics (FID and precision/recall vs MNIST test, IS, class accuracy) of samples as JSON."""
+              help="A classifier trained by train-classifier (class accuracy and IS at its clean end), or MNIST "
+                   "evaluator weights (default: the shipped evaluator, for MNIST).")
+@_metrics_opts
+def evaluate(samples: str, evaluator_path: str | None, reference: str | None, features: str) -> None:
+    """Print the metrics (FID, KID, precision/recall against a reference set; IS and class accuracy with a
+    classifier) of samples as JSON."""
     from .experiments.sweep import evaluate_samples
+    from .images import load_samples
 
-    evaluator = None
-    if evaluator_path:
-        from .metrics import load_evaluator
+    x, _ = load_samples(Path(samples))
+    net, ref = metrics_setup(tuple(x.shape[1:]), reference, features, evaluator_path)
+    click.echo(json.dumps(evaluate_samples(samples, evaluator=net, reference=ref), indent=1))
 
-        evaluator = load_evaluator(evaluator_path)
-    click.echo(json.dumps(evaluate_samples(samples, evaluator=evaluator), indent=1))
+
+@cli.command("reference-stats")
+@click.argument("reference")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The statistics file (.npz).")
+@click.option("--features", type=click.Choice(["mnist", "inception"]), default="inception", show_default=True)
+@click.option("--image-size", type=int, help="Resize the reference images to this size first.")
+def reference_stats_cmd(reference: str, out: str, features: str, image_size: int | None) -> None:
+    """Write a reference set's feature statistics once (mu, sigma and a feature subset) for reuse as
+    --reference."""
+    from .experiments.sweep import feature_net
+    from .metrics.reference_stats import load_reference, save_stats
+
+    shape = (1, 28, 28) if features == "mnist" else (3, image_size or 299, image_size or 299)
+    net = feature_net(features, shape)
+    stats = load_reference(reference, net, image_size=image_size)
+    click.echo(str(save_stats(out, stats)))
 
 
 def main() -> None:

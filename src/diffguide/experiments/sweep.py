@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..api import Pipeline, check_combination
 from ..fileio import atomic_write_bytes, atomic_write_text
@@ -136,6 +136,48 @@ def _mnist_shaped(shape: tuple[int, ...]) -> None:
                          f"{'x'.join(map(str, shape))}: pass evaluator= and reference= for other data")
 
 
+def feature_net(kind: str, shape: tuple[int, ...], device: torch.device | str = "cpu") -> FeatureNet:
+    """The feature network ``kind``: ``mnist`` (the shipped domain evaluator), ``inception`` (Inception-v3,
+    the ``inception`` extra) or ``auto`` (``mnist`` for 1x28x28 samples, else ``inception``)."""
+    if kind == "auto":
+        kind = "mnist" if tuple(shape) == (1, 28, 28) else "inception"
+    if kind == "mnist":
+        _mnist_shaped(shape)
+        from ..metrics import load_evaluator
+
+        return load_evaluator(device=device)
+    if kind == "inception":
+        from ..metrics import InceptionFeatures
+
+        try:
+            return InceptionFeatures().to(device)
+        except ImportError as e:
+            raise ValueError(f"Inception features need the inception extra: pip install 'diffguide[inception]' "
+                             f"({e})") from None
+    raise ValueError(f"unknown feature network {kind!r}; expected auto, mnist or inception")
+
+
+class WithClassifier(nn.Module):
+    """A feature network's features with a diffguide classifier's class probabilities, read at the
+    classifier's clean end (the top of its training schedule's ``lam`` range): class accuracy and IS
+    for data of the user's own classes."""
+
+    def __init__(self, features: FeatureNet, classifier: nn.Module) -> None:
+        super().__init__()
+        from ..schedule import get_schedule, lam_range
+
+        self.base, self.classifier = features, classifier
+        self.name = f"{features.name}+classifier-{weights_hash(classifier)}"
+        self.lam_clean = lam_range(getattr(classifier, "train_schedule", None) or get_schedule("continuous"))[1]
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.base.features(x)
+
+    def probs(self, x: Tensor) -> Tensor:
+        lam = torch.full((x.shape[0],), self.lam_clean, device=x.device)
+        return torch.softmax(self.classifier(x, lam).float(), dim=-1)
+
+
 def default_evaluator(evaluator: FeatureNet | None, reference: ReferenceStats | None, shape: tuple[int, ...],
                       device: torch.device | str = "cpu") -> tuple[FeatureNet, ReferenceStats]:
     """Fill in the shipped MNIST evaluator and the (cached) MNIST test-split reference statistics
@@ -143,9 +185,7 @@ def default_evaluator(evaluator: FeatureNet | None, reference: ReferenceStats | 
     if evaluator is None or reference is None:
         _mnist_shaped(shape)
     if evaluator is None:
-        from ..metrics import load_evaluator
-
-        evaluator = load_evaluator(device=device)
+        evaluator = feature_net("mnist", shape, device)
     if reference is None:
         reference = mnist_reference_stats("test", evaluator)
     return evaluator, reference

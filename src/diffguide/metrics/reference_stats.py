@@ -26,7 +26,7 @@ from ..images import from_uint8
 from .features import FeatureNet, _check_eval, _device_of
 
 __all__ = ["ReferenceStats", "cache_path", "mnist_reference_stats", "reference_stats", "resolve_cache_dir",
-           "weights_hash"]
+           "weights_hash", "content_hash", "load_reference", "save_stats"]
 
 ImagesLike = Tensor | np.ndarray
 
@@ -148,3 +148,52 @@ def mnist_reference_stats(split: str = "train", net: FeatureNet | None = None, *
 
     return reference_stats("mnist", split, net if net is not None else load_evaluator(),
                            lambda: load_mnist(split)[0], cache_dir=cache_dir, max_features=max_features)
+
+
+def content_hash(images: Tensor) -> str:
+    """Hex SHA-256 (first 16 digits) of an image tensor's dtype, shape and bytes: the cache key of user data."""
+    t = images.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_stats(path: str | os.PathLike[str], stats: ReferenceStats) -> Path:
+    """Write ``stats`` as an ``.npz`` (``mu``, ``sigma``, ``features``, ``n``) that :func:`load_reference` reads."""
+    _save(Path(path), stats)
+    return Path(path)
+
+
+def load_reference(ref: str | os.PathLike[str], net: FeatureNet, *, image_size: int | None = None,
+                   cache_dir: str | os.PathLike[str] | None = None, max_features: int = 10_000) -> ReferenceStats:
+    """Reference statistics under ``net`` of ``ref``: ``mnist`` / ``mnist:train`` / ``mnist:test``; an image
+    folder or an ``.npz`` of images (anything :func:`~diffguide.data.load_data` reads, resized to
+    ``image_size`` if given), cached under a key of the images' content; or an ``.npz`` of statistics
+    (``mu``, ``sigma``, and ``features`` for precision/recall and KID) written by :func:`save_stats` or
+    ``diffguide reference-stats``. Statistics files must come from features of ``net``'s dimension."""
+    spec = os.fspath(ref)
+    if spec in ("mnist", "mnist:train", "mnist:test"):
+        return mnist_reference_stats(spec.partition(":")[2] or "train", net, cache_dir=cache_dir,
+                                     max_features=max_features)
+    p = Path(spec)
+    if not p.exists():
+        raise FileNotFoundError(f"reference not found: {spec} (expected mnist, an image folder, an .npz of images "
+                                f"or of statistics)")
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            keys = set(z.files)
+            if {"mu", "sigma"} <= keys:
+                feats = z["features"] if "features" in keys else np.zeros((0, len(z["mu"])), np.float32)
+                stats = ReferenceStats(mu=z["mu"], sigma=z["sigma"], features=feats,
+                                       n=int(z["n"]) if "n" in keys else 0)
+                dim = getattr(net, "feature_dim", None)
+                if dim is not None and len(stats.mu) != int(dim):
+                    raise ValueError(f"{spec}: statistics of {len(stats.mu)}-d features, but {net.name} gives "
+                                     f"{dim}-d features")
+                return stats
+    from ..data import load_data
+
+    data = load_data(spec, image_size=image_size)
+    key = content_hash(data.images)
+    return reference_stats(f"data-{key}", f"s{image_size or data.images.shape[-1]}", net, data.images,
+                           cache_dir=cache_dir, max_features=max_features)

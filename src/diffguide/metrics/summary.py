@@ -42,8 +42,9 @@ def sample_metrics(net: FeatureNet, images: Tensor | np.ndarray, reference: Refe
     def subset(a: np.ndarray) -> np.ndarray:
         return a if len(a) == m else a[np.sort(rng.choice(len(a), m, replace=False))]
 
-    out["precision"], out["recall"] = precision_recall(subset(reference.features), subset(feats), k)
-    out["kid"], out["kid_std"] = kid(reference.features, feats, subsets=50)
+    if m >= 2:  # statistics files may hold mu and sigma only: then no precision/recall and no KID
+        out["precision"], out["recall"] = precision_recall(subset(reference.features), subset(feats), k)
+        out["kid"], out["kid_std"] = kid(reference.features, feats, subsets=50)
     try:
         probs = extract(net, images, batch_size, output="probs")
     except NotImplementedError:

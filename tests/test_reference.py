@@ -1,0 +1,102 @@
+"""Reference sets of the user's own: image folders, .npz images, statistics files, and the CLI around them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import Tensor, nn
+
+from diffguide.cli import cli
+from diffguide.images import save_samples
+from diffguide.metrics import sample_metrics
+from diffguide.metrics.reference_stats import content_hash, load_reference, save_stats
+
+
+class Pool(nn.Module):
+    """A fixed FeatureNet for colour images: 4x4 average-pooled pixels (48-d)."""
+
+    name = "pool4"
+    feature_dim = 48
+
+    def features(self, x: Tensor) -> Tensor:
+        return nn.functional.adaptive_avg_pool2d(x.float(), 4).flatten(1)
+
+    def probs(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def colour_folder(root, n=24, size=16, seed=0):
+    """Classes = colours: red, green and blue squares at random places on black."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n // 3):
+            img = np.zeros((size, size, 3), np.uint8)
+            r, c = rng.integers(0, size - 6, 2)
+            img[r:r + 6, c:c + 6, k] = 255
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_folder_reference_is_cached_by_content_and_scores_itself_at_zero(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFGUIDE_CACHE", str(tmp_path / "cache"))
+    folder = colour_folder(tmp_path / "data")
+    stats = load_reference(folder, Pool().eval())
+    from diffguide.data import load_data
+
+    data = load_data(folder)
+    m = sample_metrics(Pool().eval(), data.images, stats)
+    assert abs(m["fid"]) < 1e-6 and m["precision"] == 1.0 and m["recall"] == 1.0
+    shifted = sample_metrics(Pool().eval(), (data.images + 0.3).clamp(-1, 1), stats)
+    assert shifted["fid"] > 0.01 and shifted["kid"] > m["kid"]
+    cached = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(cached) == 1 and content_hash(data.images) in cached[0].name
+    Image.fromarray(np.full((16, 16, 3), 255, np.uint8)).save(folder / "red" / "0.png")  # the data changes
+    load_reference(folder, Pool().eval())
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # ... and so does the key
+
+
+def test_statistics_files_round_trip_and_are_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFGUIDE_CACHE", str(tmp_path / "cache"))
+    stats = load_reference(colour_folder(tmp_path / "data"), Pool().eval())
+    path = save_stats(tmp_path / "stats.npz", stats)
+    again = load_reference(path, Pool().eval())
+    assert np.array_equal(again.mu, stats.mu) and np.array_equal(again.features, stats.features)
+    np.savez(tmp_path / "mu_sigma.npz", mu=stats.mu, sigma=stats.sigma)  # no features: FID only
+    bare = load_reference(tmp_path / "mu_sigma.npz", Pool().eval())
+    m = sample_metrics(Pool().eval(), torch.zeros(8, 3, 16, 16), bare)
+    assert "fid" in m and "precision" not in m and "kid" not in m
+
+    class Other(Pool):
+        feature_dim = 2048
+        name = "other"
+
+    with pytest.raises(ValueError, match="statistics of 48-d features, but other gives 2048-d features"):
+        load_reference(path, Other().eval())
+    with pytest.raises(FileNotFoundError, match="reference not found: .*nowhere"):
+        load_reference(tmp_path / "nowhere", Pool().eval())
+
+
+def test_the_cli_evaluates_colour_samples_against_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFGUIDE_CACHE", str(tmp_path / "cache"))
+    import diffguide.experiments.sweep as sweep
+
+    monkeypatch.setattr(sweep, "feature_net", lambda kind, shape, device="cpu": Pool().eval())
+    folder = colour_folder(tmp_path / "data")
+    from diffguide.data import load_data
+
+    data = load_data(folder)
+    save_samples(tmp_path / "s.npz", data.images, data.labels)
+    res = CliRunner().invoke(cli, ["evaluate", "--samples", str(tmp_path / "s.npz"), "--reference", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert '"fid"' in res.output and '"kid"' in res.output
+    res = CliRunner().invoke(cli, ["reference-stats", str(folder), "--out", str(tmp_path / "ref.npz")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["evaluate", "--samples", str(tmp_path / "s.npz"), "--reference",
+                                   str(tmp_path / "ref.npz")])
+    assert res.exit_code == 0 and '"fid"' in res.output, res.output
+    res = CliRunner().invoke(cli, ["evaluate", "--samples", str(tmp_path / "s.npz")])
+    assert res.exit_code != 0 and "need --reference" in str(res.exception), res.output

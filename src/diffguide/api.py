@@ -230,10 +230,10 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
         if not guide.exists():
             raise FileNotFoundError(f"the built-in guide is missing from {ASSETS}")
     gd = _load_network(guide) if guide is not None else None
-    for m, kind in ((net, "diffusion"), (clf, "classifier"), (gd, "diffusion")):
+    for m, kinds in ((net, ("diffusion", "student")), (clf, ("classifier",)), (gd, ("diffusion",))):
         if m is None:
             continue
         meta = cast(dict[str, Any], m.meta)  # attached by load_model
-        if meta.get("kind") != kind:
-            raise ValueError(f"expected a {kind} model, got a {meta.get('kind')!r} model")
+        if meta.get("kind") not in kinds:
+            raise ValueError(f"expected a {' or '.join(kinds)} model, got a {meta.get('kind')!r} model")
     return Pipeline(net, clf, device, guide=gd, copy=False)

@@ -1,4 +1,5 @@
-"""``diffguide`` command line: train | train-classifier | export | sample | demo | demo-gmm."""
+"""``diffguide`` command line: train | train-classifier | distill | export | sample | sweep | evaluate |
+reference-stats | demo | demo-gmm."""
 
 from __future__ import annotations
 
@@ -114,6 +115,29 @@ def train(**kw: Any) -> None:
 def train_classifier(**kw: Any) -> None:
     """Train a noise-aware classifier p(c | z_lam) for classifier guidance."""
     _run_training("classifier", **kw)
+
+
+@cli.command()
+@_train_options
+@click.option("--teacher", help="The CFG-trained model to distil ('mnist': the shipped one; or an export, "
+                                "checkpoint or run dir).")
+@click.option("--w-range", "w_range", help="The guidance weights the student learns, w_min,w_max (the CFG paper's w; "
+                                           "default 0,4 as Meng et al.).")
+@click.option("--weighting", "distill_weighting", type=click.Choice(["snr", "truncated-snr"]),
+              help="omega(lam) of the x0-space loss: snr (= eps MSE, default) or truncated-snr (max(SNR, 1)).")
+def distill(teacher: str | None, w_range: str | None, **kw: Any) -> None:
+    """Guidance distillation, stage one (Meng et al. 2023): a w-conditioned student of a CFG model that
+    samples with one forward per step."""
+    if teacher == "mnist":
+        from .api import ASSETS, BUILTIN
+
+        teacher = str(ASSETS / BUILTIN["mnist"][0])
+    if w_range is not None:
+        ws = parse_floats(w_range, "--w-range")
+        if len(ws) != 2:
+            raise click.BadParameter(f"expected w_min,w_max, got {w_range!r}", param_hint="--w-range")
+        kw["w_min"], kw["w_max"] = ws
+    _run_training("distill", teacher=teacher, **kw)
 
 
 @cli.command()

@@ -10,12 +10,23 @@ from torch import nn
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights, read_config, save_weights
 from .ema import EMA
-from .nets import ClassifierConfig, NoiseClassifier, UNet, UNetConfig, classifier_config, unet_config
+from .nets import (
+    ClassifierConfig,
+    GuidedStudent,
+    NoiseClassifier,
+    StudentConfig,
+    UNet,
+    UNetConfig,
+    classifier_config,
+    student_config,
+    unet_config,
+)
 
 __all__ = ["build_model", "model_from_config", "export_model", "load_model", "write_model_card"]
 
-_KINDS = {"diffusion": (UNet, UNetConfig, unet_config), "classifier": (NoiseClassifier, ClassifierConfig,
-                                                                       classifier_config)}
+_KINDS = {"diffusion": (UNet, UNetConfig, unet_config),
+          "classifier": (NoiseClassifier, ClassifierConfig, classifier_config),
+          "student": (GuidedStudent, StudentConfig, student_config)}  # a guidance-distilled U-Net
 
 
 def _kind(kind: str) -> tuple[Any, Any, Any]:

@@ -79,6 +79,26 @@ def check_guide(net: object, guide: object) -> None:
         raise ValueError(f"the guide has {ks[1]} classes but the network has {ks[0]}")
 
 
+def _check_student(net: Net, conds: list[Tensor], w: Weight, *, rule: str | Rule, null: Tensor | None,
+                   unconditional: bool, guide: Net | None, w_schedule: object, interval: object,
+                   rescale: float) -> None:
+    """A w-conditioned student takes ``w`` inside its trained range, and nothing that needs a second
+    (unconditional) prediction: no CFG rule, schedule, interval, rescale, negative or guide on top."""
+    extra = [name for name, on in (("composed conditions", len(conds) > 1), ("null=", null is not None),
+                                   ("unconditional=True", unconditional), ("guide=", guide is not None),
+                                   ("w_schedule", w_schedule is not None), ("interval", interval is not None),
+                                   ("rescale", bool(rescale)), (f"rule={rule!r}", type(get_rule(rule)) is not CFG))
+             if on]
+    if extra:
+        raise ValueError(f"this network is a distilled student with w inside: it runs one forward per step, and "
+                         f"classifier-free guidance on top of it ({', '.join(extra)}) is not defined")
+    lo, hi = net.w_range  # type: ignore[attr-defined]
+    wt = w if isinstance(w, Tensor) else torch.tensor([w])
+    if bool((wt < lo).any()) or bool((wt > hi).any()):
+        bad = float(wt[(wt < lo) | (wt > hi)][0])
+        raise ValueError(f"w = {bad:g} is outside the student's trained range [{lo:g}, {hi:g}]")
+
+
 def _interval(interval: Interval | tuple[float, float] | None) -> Interval | None:
     if interval is None or isinstance(interval, Interval):
         return interval
@@ -149,7 +169,11 @@ def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] 
         check_guide(net, guide)
     positive: list[tuple[Request, Weight]]
     negative: Request | None
-    if guide is not None:  # autoguidance: the same condition, the guide's prediction
+    if getattr(net, "w_inside", False):  # a distilled student: the guided prediction in one forward
+        _check_student(net, conds, ws[0], rule=rule, null=null, unconditional=unconditional, guide=guide,
+                       w_schedule=w_schedule, interval=interval, rescale=rescale)
+        positive, negative = [(Request(net, net.condition(conds[0], ws[0])), 0.0)], None  # type: ignore[attr-defined]
+    elif guide is not None:  # autoguidance: the same condition, the guide's prediction
         positive, negative = [(Request(net, conds[0]), ws[0])], Request(guide, conds[0])
     else:
         null = null_condition(net, conds[0]) if null is None else null

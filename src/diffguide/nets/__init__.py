@@ -3,6 +3,7 @@
 
 from .classifier import CLASSIFIER_PRESETS, ClassifierConfig, NoiseClassifier, classifier_config
 from .protocol import GuidedNetwork, Network, check_network
+from .student import GuidedStudent, StudentConfig, student_config
 from .unet import UNET_PRESETS, UNet, UNetConfig, unet_config
 
 __all__ = [
@@ -17,4 +18,7 @@ __all__ = [
     "NoiseClassifier",
     "classifier_config",
     "CLASSIFIER_PRESETS",
+    "GuidedStudent",
+    "StudentConfig",
+    "student_config",
 ]

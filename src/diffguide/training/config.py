@@ -26,14 +26,16 @@ MIN_TIME_BUDGET_S = 10.0  # below this not even one step and a checkpoint fit re
 class TrainConfig:
     """Everything a training run depends on; saved with every checkpoint.
 
-    ``task``: ``"diffusion"`` (eps-MSE with label dropout, CFG paper Alg. 1) or ``"classifier"``
-    (noise-aware classifier, cross-entropy on noisy inputs). ``steps`` caps the step count;
+    ``task``: ``"diffusion"`` (eps-MSE with label dropout, CFG paper Alg. 1), ``"classifier"``
+    (noise-aware classifier, cross-entropy on noisy inputs) or ``"distill"`` (guidance distillation of
+    the CFG model ``teacher`` into a w-conditioned student over ``[w_min, w_max]``, Meng et al. 2023;
+    ``preset`` and ``net`` are then the teacher's). ``steps`` caps the step count;
     ``time_budget`` (seconds) stops on wall-clock time instead, and then warm-up and learning-rate
     decay follow the budget. ``precision``: ``"auto"`` picks bf16 autocast on CUDA with bf16 and on
     CPUs with native bf16 (``avx512_bf16``/``amx_bf16``), fp32 elsewhere.
     """
 
-    task: Literal["diffusion", "classifier"] = "diffusion"
+    task: Literal["diffusion", "classifier", "distill"] = "diffusion"
     out: str = "runs/mnist"
     data: str = "mnist"
     image_size: int | None = None
@@ -60,13 +62,25 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep: int = 3
     tensorboard: bool = False
+    teacher: str | None = None
+    w_min: float = 0.0
+    w_max: float = 4.0
+    distill_weighting: Literal["snr", "truncated-snr"] = "snr"
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ValueError:
             return ValueError(f"config {name} = {getattr(self, name)!r} is invalid: expected {want}")
 
-        if self.task not in ("diffusion", "classifier"):
-            raise bad("task", "'diffusion' or 'classifier'")
+        if self.task not in ("diffusion", "classifier", "distill"):
+            raise bad("task", "'diffusion', 'classifier' or 'distill'")
+        if self.task == "distill":
+            if not self.teacher:
+                raise ValueError("distillation needs a teacher: the CFG-trained model to distil (teacher = PATH)")
+            lo, hi = self.w_min, self.w_max
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi)) or lo < -1 or lo > hi:
+                raise ValueError(f"the w range [{lo}, {hi}] is invalid: expected -1 <= w_min <= w_max")
+            if self.distill_weighting not in ("snr", "truncated-snr"):
+                raise bad("distill_weighting", "'snr' or 'truncated-snr'")
         for name in ("batch_size", "log_every", "ckpt_every", "keep"):
             if not is_positive_int(getattr(self, name)):
                 raise bad(name, "a positive integer")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..prediction import bcast
 from ..schedule import Schedule, alpha_sigma
 
-__all__ = ["DiffusionLoss", "ClassifierLoss", "drop_labels", "noise_quartile"]
+__all__ = ["DiffusionLoss", "ClassifierLoss", "DistillationLoss", "drop_labels", "noise_quartile"]
 
 
 def drop_labels(c: Tensor, p_uncond: float, null_label: int, generator: torch.Generator) -> Tensor:
@@ -86,3 +86,43 @@ class ClassifierLoss:
         stats = {"correct_q": torch.zeros(4, device=x.device).index_add_(0, q, correct),
                  "count_q": torch.zeros(4, device=x.device).index_add_(0, q, torch.ones_like(correct))}
         return F.cross_entropy(logits, c), stats
+
+
+@dataclass(frozen=True, eq=False)
+class DistillationLoss:
+    """Guidance distillation, stage one (Meng et al., CVPR 2023, Eq. 6): the student at weight ``w`` regresses
+    the frozen teacher's guided prediction ``(1 + w) x0(z, c) - w x0(z)``, with ``w ~ U[w_min, w_max]`` per
+    sample and ``z`` at the schedule's ``lam`` (the teacher's pair is one batched forward, no gradient).
+
+    ``weighting`` is the ``omega(lam)`` in front of the x0-space error: ``"snr"`` (``alpha^2 / sigma^2``,
+    i.e. the eps-space MSE the teacher itself was trained with; the default) or ``"truncated-snr"``
+    (``max(SNR, 1)``, Salimans & Ho 2022, Sec. 4, which progressive distillation and Meng et al. use with
+    x0- or v-parameterised networks). For an eps-parameterised network the truncated weight multiplies the
+    eps error by ``max(1, 1/SNR)``, about ``e^20`` at the continuous schedule's noisiest ``lam``.
+    """
+
+    teacher: nn.Module
+    schedule: Schedule
+    w_range: tuple[float, float] = (0.0, 4.0)
+    weighting: str = "snr"
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("snr", "truncated-snr"):
+            raise ValueError(f"weighting must be 'snr' or 'truncated-snr', got {self.weighting!r}")
+
+    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator) -> tuple[Tensor, dict]:
+        B = x.shape[0]
+        lam = self.schedule.sample_lam(B, generator=generator).to(x.device)
+        lo, hi = self.w_range
+        w = (lo + (hi - lo) * torch.rand(B, generator=generator, device=generator.device)).to(x.device)
+        z, _ = _noisy(x, lam, generator)
+        with torch.no_grad():  # the teacher's CFG pair, one batched forward (CFG paper, Eq. 6)
+            null = torch.full_like(c, int(cast(Any, self.teacher).null_label))
+            both = self.teacher(torch.cat([z, z]), torch.cat([lam, lam]), torch.cat([c, null])).float()
+            eps_c, eps_u = both[:B], both[B:]
+            target = eps_c + bcast(w, eps_c) * (eps_c - eps_u)  # (1 + w) eps_c - w eps_u: x0's combination too
+        eps_s = net(z, lam, cast(Any, net).condition(c, w)).float()
+        err = (eps_s - target).pow(2).flatten(1).mean(1)  # eps error; x0 error = err / SNR
+        if self.weighting == "truncated-snr":
+            err = err * torch.clamp(torch.exp(-lam.float()), min=1.0)  # max(SNR, 1) / SNR
+        return err.mean(), {}

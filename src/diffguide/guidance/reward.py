@@ -10,9 +10,9 @@ in one of two places:
   gradient here).
 - ``on="x0"``: through the network's clean-image prediction, ``grad_z reward(x0_hat(z), lam, c)`` with the
   network forward inside autograd: DPS (Chung et al. 2023, Algorithm 1, in eps form) and the forward
-  guidance of universal guidance (Bansal et al. 2023, Eq. 6). A clean-image model (an ordinary
+  guidance of universal guidance (Bansal et al. 2023). A clean-image model (an ordinary
   classifier, a reward model) guides without having been trained on noise. ``x0_steps > 0`` adds
-  universal guidance's backward guidance (Eq. 9): ``Delta`` ascends ``reward(x0 + Delta)`` for that many
+  universal guidance's backward guidance: ``Delta`` ascends ``reward(x0 + Delta)`` for that many
   gradient steps of size ``x0_lr`` and the prediction moves to ``x0 + Delta``, i.e.
   ``eps -= (alpha / sigma) Delta``.
 

@@ -90,7 +90,7 @@ class ClassifierLoss:
 
 @dataclass(frozen=True, eq=False)
 class DistillationLoss:
-    """Guidance distillation, stage one (Meng et al., CVPR 2023, Eq. 6): the student at weight ``w`` regresses
+    """Guidance distillation, stage one (Meng et al., CVPR 2023): the student at weight ``w`` regresses
     the frozen teacher's guided prediction ``(1 + w) x0(z, c) - w x0(z)``, with ``w ~ U[w_min, w_max]`` per
     sample and ``z`` at the schedule's ``lam`` (the teacher's pair is one batched forward, no gradient).
 
@@ -116,7 +116,7 @@ class DistillationLoss:
         lo, hi = self.w_range
         w = (lo + (hi - lo) * torch.rand(B, generator=generator, device=generator.device)).to(x.device)
         z, _ = _noisy(x, lam, generator)
-        with torch.no_grad():  # the teacher's CFG pair, one batched forward (CFG paper, Eq. 6)
+        with torch.no_grad():  # the teacher's CFG pair, one batched forward
             null = torch.full_like(c, int(cast(Any, self.teacher).null_label))
             both = self.teacher(torch.cat([z, z]), torch.cat([lam, lam]), torch.cat([c, null])).float()
             eps_c, eps_u = both[:B], both[B:]

@@ -114,3 +114,27 @@ def test_bad_distillation_input_is_refused_before_any_work(tmp_path, teacher_fil
     with pytest.raises(ValueError, match="is not a class-conditional CFG diffusion model"):
         train(distill_cfg(tmp_path, clf, "bad"), data=tiny_data(), progress=False)
     assert not (tmp_path / "bad").exists()  # refused before the run directory was made
+
+
+def test_the_cli_distils_and_samples_a_student(tmp_path, teacher_file, monkeypatch):
+    from click.testing import CliRunner
+
+    import diffguide.training.trainer as trainer
+    from diffguide.cli import cli
+
+    monkeypatch.setattr(trainer, "load_data", lambda *a, **k: tiny_data())
+    run = tmp_path / "student"
+    res = CliRunner().invoke(cli, ["distill", "--teacher", str(teacher_file), "--w-range", "0,3", "--out", str(run),
+                                   "--preset", "tiny", "--batch-size", "8", "--steps", "2", "--ckpt-every", "2",
+                                   "--precision", "fp32", "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["sample", "--checkpoint", str(run), "--w", "0,3", "--labels", "0-2", "--n", "3",
+                                   "--steps", "3", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "w3.png").is_file()
+    res = CliRunner().invoke(cli, ["sample", "--checkpoint", str(run), "--w", "4", "--labels", "0-2", "--n", "3",
+                                   "--steps", "3", "--out", str(tmp_path / "s")])
+    assert res.exit_code != 0 and "outside the student's trained range [0, 3]" in str(res.exception)
+    res = CliRunner().invoke(cli, ["distill", "--teacher", str(teacher_file), "--w-range", "1", "--out",
+                                   str(tmp_path / "x")])
+    assert res.exit_code == 2 and "expected w_min,w_max" in res.output

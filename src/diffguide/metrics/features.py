@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -58,11 +58,31 @@ def _device_of(net: object) -> torch.device:
     return torch.device("cpu")
 
 
+# Forwards of a fixed row count (the last one padded by repeating its last row): oneDNN picks kernels by
+# batch size, and features computed in other chunkings differed by ~1e-7. With every forward the same size,
+# features are bit-identical whatever ``batch_size`` or the split of an image stream (tests/test_metrics.py).
+FORWARD_ROWS = {"cpu": 32}
+_OTHER_DEVICE_ROWS = 256
+
+
+def _fixed_rows(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    rows = FORWARD_ROWS.get(x.device.type, _OTHER_DEVICE_ROWS)
+    out = []
+    for i in range(0, len(x), rows):
+        chunk = x[i:i + rows]
+        n = len(chunk)
+        if n < rows:
+            chunk = torch.cat([chunk, chunk[-1:].expand(rows - n, *chunk.shape[1:])])
+        out.append(fn(chunk)[:n])
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def extract(net: FeatureNet, images: Tensor | np.ndarray | Iterable[Tensor], batch_size: int = 500, *,
             output: Literal["features", "probs"] = "features") -> np.ndarray:
-    """``net.features`` (``(N, D)``) or ``net.probs`` (``(N, K)``) of ``images`` as float64 numpy,
-    in batches of ``batch_size`` on the net's device, under ``no_grad``.
+    """``net.features`` (``(N, D)``) or ``net.probs`` (``(N, K)``) of ``images`` as float64 numpy, moved
+    to the net's device ``batch_size`` at a time and run in forwards of a fixed row count
+    (:data:`FORWARD_ROWS`), so the result does not depend on ``batch_size``; under ``no_grad``.
 
     ``images`` is ``(N, C, H, W)`` float in [-1, 1] (uint8 in [0, 255] is converted as
     ``x / 127.5 - 1``), or an iterable of such batches (e.g. a sampler's output stream)."""
@@ -79,7 +99,7 @@ def extract(net: FeatureNet, images: Tensor | np.ndarray | Iterable[Tensor], bat
         if x.ndim != 4:
             raise ValueError(f"images must be (N, C, H, W), got a batch of shape {tuple(x.shape)}")
         x = from_uint8(x) if x.dtype == torch.uint8 else x.float()
-        out.append(fn(x.to(device)).double().cpu())
+        out.append(_fixed_rows(fn, x.to(device)).double().cpu())
     if not out:
         raise ValueError("no images given")
     return torch.cat(out).numpy()

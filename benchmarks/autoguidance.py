@@ -60,6 +60,7 @@ def guide_file(name: str) -> Path:
 
 
 def train_guides() -> None:
+    from diffguide.checkpoint import latest_checkpoint
     from diffguide.models import export_model, write_model_card
     from diffguide.training.config import load_config
     from diffguide.training.trainer import train
@@ -71,7 +72,7 @@ def train_guides() -> None:
         cfg = load_config(ROOT / "configs" / "mnist_small.toml", out=str(run), preset=preset, net={"dropout": 0.0,
                           **net}, steps=steps, ckpt_every=100, log_every=25)
         t0 = time.time()
-        train(cfg, resume=(run / "config.json").exists(), progress=False)
+        train(cfg, resume=latest_checkpoint(run) is not None, progress=False)
         wall = time.time() - t0
         command = f"python benchmarks/autoguidance.py --phase train  # guide {name}"
         out = export_model(run, guide_file(name), card={"command": command, "wall_time_s": round(wall, 1)})

@@ -21,6 +21,7 @@ under `out/reward/` (rerun the same command after an interruption).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -65,6 +66,7 @@ class MLPClassifier(nn.Module):
 def train_classifiers() -> None:
     from safetensors.torch import save_file
 
+    from diffguide.checkpoint import latest_checkpoint
     from diffguide.metrics.evaluator import train_evaluator
     from diffguide.models import export_model
     from diffguide.training.config import load_config
@@ -75,10 +77,11 @@ def train_classifiers() -> None:
         else {}
     if not (RUNS / "clean.safetensors").exists():
         run = RUNS / "clean_run"
-        cfg = load_config(ROOT / "configs" / "mnist_classifier_small.toml", out=str(run), p_clean=1.0, steps=400,
-                          time_budget=None, seed=3, ckpt_every=100)
+        cfg = dataclasses.replace(load_config(ROOT / "configs" / "mnist_classifier_small.toml", out=str(run),
+                                              p_clean=1.0, steps=400, seed=3, ckpt_every=100),
+                                  time_budget=None)  # a step budget (load_config drops None overrides)
         t0 = time.time()
-        train(cfg, resume=(run / "config.json").exists(), progress=False)
+        train(cfg, resume=latest_checkpoint(run) is not None, progress=False)
         export_model(run, RUNS / "clean.safetensors")
         info["clean"] = {"steps": 400, "p_clean": 1.0, "seed": 3, "seconds": round(time.time() - t0, 1)}
     if not (RUNS / "mlp.safetensors").exists():
@@ -397,6 +400,8 @@ def main() -> None:
     elif a.phase == "cost":
         cost()
     else:
+        if not all((RUNS / f).exists() for f in ("mlp.safetensors", "clean.safetensors")):
+            raise SystemExit("the clean guide and the MLP judge are not trained yet: run --phase classifiers first")
         if not a.report_only:
             sample_all(a.only)
         report(score())

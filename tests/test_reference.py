@@ -100,3 +100,16 @@ def test_the_cli_evaluates_colour_samples_against_a_folder(tmp_path, monkeypatch
     assert res.exit_code == 0 and '"fid"' in res.output, res.output
     res = CliRunner().invoke(cli, ["evaluate", "--samples", str(tmp_path / "s.npz")])
     assert res.exit_code != 0 and "need --reference" in str(res.exception), res.output
+
+
+def test_a_user_classifier_gives_accuracy_beside_any_features():
+    from diffguide.experiments.sweep import WithClassifier
+    from diffguide.metrics import extract
+    from diffguide.models import build_model
+
+    clf = build_model("classifier", "tiny", channels=3, image_size=16, num_classes=3).eval()
+    net = WithClassifier(Pool().eval(), clf)
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    probs = extract(net, x, output="probs")  # in eval mode: extract accepts it
+    assert probs.shape == (5, 3) and np.allclose(probs.sum(1), 1)
+    assert net.feature_dim == 48 and extract(net, x).shape == (5, 48)

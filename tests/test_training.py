@@ -98,6 +98,8 @@ def test_resume_refuses_changed_config_and_fresh_run_refuses_existing(tmp_path):
     train(_cfg(tmp_path, "r", steps=6), data=data, progress=False)
     with pytest.raises(ValueError, match="lr"):
         train(_cfg(tmp_path, "r", lr=1e-2), data=data, progress=False, resume=True)
+    with pytest.raises(ValueError, match="cannot resume: the config differs .* preset"):  # not "damaged"
+        train(_cfg(tmp_path, "r", preset="small"), data=data, progress=False, resume=True)
     with pytest.raises(FileExistsError, match="--resume"):
         train(_cfg(tmp_path, "r"), data=data, progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

@@ -26,12 +26,10 @@ from .sampling import SamplingConfig, takers
 from .schedule import Schedule
 
 __all__ = ["Pipeline", "load", "sample_images", "check_combination", "default_max_batch", "ASSETS", "BUILTIN",
-           "BUILTIN_GUIDES", "CPU_MAX_BATCH"]
+           "CPU_MAX_BATCH"]
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors")}
-# Shipped autoguidance guides, by the name of the built-in model they guide (benchmarks/results/autoguidance/).
-BUILTIN_GUIDES = {"mnist": "mnist_guide.safetensors"}
 # On CPU a forward's cost per row grows with its size once activations outgrow the caches: the shipped
 # U-Net costs more per row at 1000 rows than at 128 (benchmarks/results/sampling_speed.md), so
 # CPU forwards are cut into chunks of this many rows by default. Accelerators take the whole batch.
@@ -135,6 +133,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
         wi = w[i:i + cfg.batch_size] if isinstance(w, Tensor) else w
         si = cg_scale[i:i + cfg.batch_size] if isinstance(cg_scale, Tensor) else cg_scale
         ri = reward
+        if reward is not None and isinstance(reward.scale, Tensor) and reward.scale.shape[0] != N:
+            raise ValueError(f"the reward scale has {reward.scale.shape[0]} entries for {N} samples")
         if reward is not None and isinstance(reward.scale, Tensor):
             ri = dataclasses.replace(reward, scale=reward.scale[i:i + cfg.batch_size])
         noise = PerSampleNoise(seeds[i:i + cfg.batch_size], shape, device=device)
@@ -210,7 +210,7 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
          guide: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
     """``"mnist"`` (the shipped CFG model and classifier), or a path to an exported ``.safetensors``
     file, a checkpoint or a run directory (``classifier`` and ``guide``, an autoguidance guide,
-    likewise, optional). ``guide="mnist"`` is the shipped guide of the built-in MNIST model. A local
+    likewise, optional). A local
     diffusers ``save_pretrained`` folder (a ``UNet2DModel`` and its scheduler) loads through
     :mod:`diffguide.nets.diffusers_adapter` (network or guide)."""
     clf = None
@@ -225,10 +225,6 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
         net = _load_network(name_or_path)
     if classifier is not None:
         clf = load_model(classifier)
-    if guide is not None and str(guide) in BUILTIN_GUIDES:
-        guide = ASSETS / BUILTIN_GUIDES[str(guide)]
-        if not guide.exists():
-            raise FileNotFoundError(f"the built-in guide is missing from {ASSETS}")
     gd = _load_network(guide) if guide is not None else None
     for m, kinds in ((net, ("diffusion", "student")), (clf, ("classifier",)), (gd, ("diffusion",))):
         if m is None:

@@ -334,9 +334,8 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 @click.option("--checkpoint", default="mnist", show_default=True,
               help="'mnist' (shipped), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
-@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model ('mnist': the shipped "
-                                         "guide; or an exported .safetensors, checkpoint or run dir) under the same "
-                                         "label, instead of the null label.")
+@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model (exported .safetensors, "
+                                         "checkpoint or run dir) under the same label, instead of the null label.")
 @click.option("--w", "w_text", help="Guidance weights w, the CFG paper's (0 = conditional model). [default: 0,1,3]")
 @click.option("--scale", "scale_text", help="Guidance scales s = 1 + w (diffusers' guidance_scale), instead of --w.")
 @_guidance_options
@@ -512,9 +511,8 @@ def _metrics_opts(fn: Any) -> Any:
 @click.option("--checkpoint", default="mnist", show_default=True,
               help="'mnist' (shipped), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
-@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model ('mnist': the shipped "
-                                         "guide; or an exported .safetensors, checkpoint or run dir) under the same "
-                                         "label, instead of the null label.")
+@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model (exported .safetensors, "
+                                         "checkpoint or run dir) under the same label, instead of the null label.")
 @click.option("--w", "w_text", help="Guidance weights w (the CFG paper's); each is run with --guidance and no "
                                     "classifier guidance.  [default: 0,0.1,0.2,0.3,0.5,1,2,3,4]")
 @click.option("--scale", "scale_text", help="Guidance scales s = 1 + w instead of --w (CFG++: its lambda).")

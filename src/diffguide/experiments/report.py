@@ -55,9 +55,9 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return html.escape(format(v, fmt) if fmt != "s" else str(v))
 
 
-def write_report(out: str | Path, rows: Sequence[dict[str, Any]], *, title: str) -> Path:
-    """Write ``out/report.html`` for a sweep's ``rows`` (its table), inlining ``out/sweep.png`` and every
-    row's grid (``row["grid"]``, relative to ``out``) that exists; returns the path."""
+def write_report(out: str | Path, rows: Sequence[dict[str, Any]], *, title: str, plot: bool = True) -> Path:
+    """Write ``out/report.html`` for a sweep's ``rows`` (its table), inlining ``out/sweep.png`` (if ``plot``:
+    the caller just drew it) and every row's grid (``row["grid"]``, relative to ``out``) that exists."""
     out = Path(out)
     best = {}
     for key, pick in _BEST.items():
@@ -74,7 +74,7 @@ def write_report(out: str | Path, rows: Sequence[dict[str, Any]], *, title: str)
              f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
              f"<h1>{html.escape(title)}</h1>", f"<table id='results'><thead><tr>{head}</tr></thead><tbody>",
              *body, "</tbody></table>"]
-    if (out / "sweep.png").is_file():
+    if plot and (out / "sweep.png").is_file():
         parts += ["<h2>Guidance strength against the metrics</h2>", _img(out / "sweep.png", "sweep plot", 900)]
     grids = [(r["tag"], out / r["grid"]) for r in rows if r.get("grid") and (out / r["grid"]).is_file()]
     if grids:

@@ -57,7 +57,7 @@ __all__ = ["Setting", "run_sweep", "evaluate_samples", "default_evaluator", "gri
 RESULTS = "results.jsonl"
 # Bumped whenever sample_metrics changes what it computes, so older rows are scored again (from the
 # kept chunks, without sampling). 2: precision/recall on seeded random subsets, not the first rows.
-METRICS_VERSION = 2
+METRICS_VERSION = 3
 # Columns first in results.csv (others follow alphabetically).
 COLUMNS = ["tag", "method", "w", "cg_scale", "unconditional", "n", "fid", "is_mean", "is_std", "precision",
            "recall", "accuracy", "nfe", "sample_seconds", "metrics_seconds", "sampler", "steps", "seed"]
@@ -170,6 +170,8 @@ class WithClassifier(nn.Module):
         self.base, self.classifier = features, classifier
         self.name = f"{features.name}+classifier-{weights_hash(classifier)}"
         self.lam_clean = lam_range(getattr(classifier, "train_schedule", None) or get_schedule("continuous"))[1]
+        self.feature_dim = getattr(features, "feature_dim", None)
+        self.eval()
 
     def features(self, x: Tensor) -> Tensor:
         return self.base.features(x)
@@ -460,7 +462,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
         plot_sweep(table, out / "sweep.png", title=f"{cfg.name}, {cfg.steps} steps, n = {n}, {evaluator.name}")
     from .report import write_report
 
-    write_report(out, table, title=f"Sweep: {cfg.describe()}, n = {n}, {evaluator.name}")
+    write_report(out, table, title=f"Sweep: {cfg.describe()}, n = {n}, {evaluator.name}", plot=plot)
     return rows
 
 

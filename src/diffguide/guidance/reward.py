@@ -226,8 +226,9 @@ class RewardTerm:
         net = self.net if spec.on == "x0" else None
         grad = reward_grad(spec.reward, z, lam, self.cond.to(z.device), net=net,
                            net_cond=self.net_cond.to(z.device), max_batch=E.max_batch, autocast=E.autocast, at=at)
-        if net is not None:  # the forward under autograd counts as one forward per chunk
+        if net is not None:  # the forward under autograd: one more evaluation, one forward per chunk
             E.forwards += -(-z.shape[0] // (E.max_batch or z.shape[0]))
+            E.evaluations += 1
         if spec.clip is not None:
             grad = clip_norm(grad, spec.clip)
         sigma = bcast(alpha_sigma(lam)[1], eps)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..fileio import atomic_path
 from ..images import from_uint8
-from .features import FeatureNet, _check_eval, _device_of
+from .features import FeatureNet, _check_eval, _device_of, _fixed_rows
 
 __all__ = ["ReferenceStats", "cache_path", "mnist_reference_stats", "reference_stats", "resolve_cache_dir",
            "weights_hash", "content_hash", "load_reference", "save_stats"]
@@ -89,7 +89,7 @@ def _compute(net: FeatureNet, images: ImagesLike, max_features: int, batch_size:
     def feats(i: int) -> Tensor:
         x = x_all[i:i + batch_size]
         x = from_uint8(x) if x.dtype == torch.uint8 else x.float()
-        return net.features(x.to(device)).double().cpu()
+        return _fixed_rows(net.features, x.to(device)).double().cpu()  # the rows of extract(): same features
 
     f = feats(0)
     shift = f.mean(0)  # centring by a rough mean keeps the one-pass covariance accurate

@@ -90,11 +90,12 @@ class DiffusersUNet(nn.Module):
         t = self.timestep(lam).to(z.device, torch.float32)
         labels = c.to(z.device).long() if self.conditional else None
         out = self.unet(z, t, class_labels=labels).sample
-        lam = lam.to(z.device, out.dtype)
+        dtype = torch.promote_types(z.dtype, torch.float32)  # convert in float32 at least (not in bf16)
+        out, zz, lam = out.to(dtype), z.to(dtype), lam.to(z.device, dtype)
         if self.prediction_type == "v_prediction":
-            return eps_from_v(z.to(out.dtype), out, lam)
+            return eps_from_v(zz, out, lam)
         if self.prediction_type == "sample":
-            return eps_from_x0(z.to(out.dtype), out, lam)
+            return eps_from_x0(zz, out, lam)
         return out
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from ..checkpoint import checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import checkpoints, latest_checkpoint, load_checkpoint, read_config, save_checkpoint
 from ..data import Batches, ImageData, check_batch_size, load_data
 from ..ema import EMA
 from ..models import build_model
@@ -148,6 +148,10 @@ def _distill_task(cfg: TrainConfig, data: ImageData, schedule: Any, device: torc
         raise ValueError(f"the teacher makes {'x'.join(map(str, teacher.sample_shape))} samples of "
                          f"{teacher.num_classes} classes, but the data has {'x'.join(map(str, shape))} images of "
                          f"{data.num_classes} classes")
+    taught = cast(Any, teacher).meta.get("train", {})
+    if "schedule_table" not in taught and taught.get("schedule", "continuous") != cfg.schedule:
+        raise ValueError(f"the teacher was trained on the {taught.get('schedule')!r} schedule, but the distillation "
+                         f"config says {cfg.schedule!r}: give --schedule {taught.get('schedule')}")
     student = GuidedStudent.from_teacher(teacher, (cfg.w_min, cfg.w_max))
     teacher = teacher.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)  # type: ignore[call-overload]
     return student, DistillationLoss(teacher, schedule, (cfg.w_min, cfg.w_max), cfg.distill_weighting), "student"
@@ -190,6 +194,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     if resume:
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
+        try:  # a changed config is said as such, before any weights are read (and mistaken for damage)
+            saved = read_config(ckpt)
+        except (OSError, ValueError, KeyError):
+            saved = None  # unreadable: _resume reports the damage and falls back
+        if saved is not None:
+            _check_resumable(saved, cfg)
         state, ckpt = _resume(run_dir, net, ema, opt)
         _check_resumable(state["config"], cfg)
         step, elapsed = int(state["step"]), float(state.get("extra", {}).get("elapsed_s", 0.0))

@@ -113,3 +113,14 @@ def test_a_user_classifier_gives_accuracy_beside_any_features():
     probs = extract(net, x, output="probs")  # in eval mode: extract accepts it
     assert probs.shape == (5, 3) and np.allclose(probs.sum(1), 1)
     assert net.feature_dim == 48 and extract(net, x).shape == (5, 48)
+
+
+def test_a_file_that_is_not_an_npz_is_named_and_never_unpickled(tmp_path):
+    from diffguide.images import load_samples
+
+    bad = tmp_path / "samples.npz"
+    bad.write_bytes(b"\x80\x04not a zip")  # numpy would suggest allow_pickle=True for this
+    with pytest.raises(ValueError, match=r"samples.npz is not an .npz file"):
+        load_samples(bad)
+    with pytest.raises(ValueError, match=r"samples.npz is not an .npz file"):
+        load_reference(bad, Pool().eval())

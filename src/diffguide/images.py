@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .fileio import atomic_path
+from .fileio import atomic_path, open_npz
 
 __all__ = ["to_uint8", "from_uint8", "make_grid", "save_grid", "save_samples", "load_samples"]
 
@@ -68,7 +68,7 @@ def load_samples(path: str | Path) -> tuple[Tensor, Tensor | None]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"samples file not found: {path}")
-    with np.load(path) as f:
+    with open_npz(path) as f:
         if "images" not in f:
             raise ValueError(f"{path} has no 'images' array (found {sorted(f.files)})")
         images = f["images"]

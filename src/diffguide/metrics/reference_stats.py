@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, open_npz
 from ..images import from_uint8
 from .features import FeatureNet, _check_eval, _device_of, _fixed_rows
 
@@ -180,7 +180,7 @@ def load_reference(ref: str | os.PathLike[str], net: FeatureNet, *, image_size: 
         raise FileNotFoundError(f"reference not found: {spec} (expected mnist, an image folder, an .npz of images "
                                 f"or of statistics)")
     if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
+        with open_npz(p) as z:
             keys = set(z.files)
             if {"mu", "sigma"} <= keys:
                 feats = z["features"] if "features" in keys else np.zeros((0, len(z["mu"])), np.float32)

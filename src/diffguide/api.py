@@ -121,6 +121,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
         _check_device(guide, device, "guide")
     if isinstance(cg_scale, Tensor):
         cg_scale = check_weight(cg_scale, "cg_scale", minimum=0.0, batch=N)
+    if reward is not None and isinstance(reward.scale, Tensor) and reward.scale.shape[0] != N:
+        raise ValueError(f"the reward scale has {reward.scale.shape[0]} entries for {N} samples")
     max_batch = default_max_batch(device) if cfg.max_batch == "auto" else cfg.max_batch
     autocast, sample = cfg.autocast(device), cfg.fn
     out = []
@@ -133,8 +135,6 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
         wi = w[i:i + cfg.batch_size] if isinstance(w, Tensor) else w
         si = cg_scale[i:i + cfg.batch_size] if isinstance(cg_scale, Tensor) else cg_scale
         ri = reward
-        if reward is not None and isinstance(reward.scale, Tensor) and reward.scale.shape[0] != N:
-            raise ValueError(f"the reward scale has {reward.scale.shape[0]} entries for {N} samples")
         if reward is not None and isinstance(reward.scale, Tensor):
             ri = dataclasses.replace(reward, scale=reward.scale[i:i + cfg.batch_size])
         noise = PerSampleNoise(seeds[i:i + cfg.batch_size], shape, device=device)

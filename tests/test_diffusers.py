@@ -162,3 +162,22 @@ def test_the_cli_samples_an_adapted_unconditional_model_with_its_classifier(tmp_
                                    "--labels", "0-2", "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "b" / "uncond_cg2.png").is_file()
+
+
+def test_an_embedding_table_without_a_null_row_is_named_and_never_cfg_guided():
+    alphas = scheduler().alphas_cumprod
+    with pytest.raises(ValueError, match=r"num_class_embeds = K \+ 1 >= 2 .*got 1"):
+        DiffusersUNet(tiny_unet(1), alphas)
+    with pytest.raises(ValueError, match=r"num_class_embeds = 4 leaves no null row for 4 classes.*null_class=False"):
+        DiffusersUNet(tiny_unet(4), alphas, num_classes=4)
+    with pytest.raises(ValueError, match=r"num_class_embeds = 4 does not fit 2 classes \(expected 3\)"):
+        DiffusersUNet(tiny_unet(4), alphas, num_classes=2)
+    assert DiffusersUNet(tiny_unet(4), alphas, num_classes=3).num_classes == 3
+    bare = DiffusersUNet(tiny_unet(4), alphas, num_classes=4, null_class=False)
+    assert bare.num_classes == 4
+    pipe = dg.Pipeline(bare)
+    labels = torch.arange(4)
+    x = pipe.sample(labels, 0.0, sampler="ddim", steps=3)  # the conditional model needs no null row
+    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="no null class .*classifier-free guidance needs one"):
+        pipe.sample(labels, 1.0, sampler="ddim", steps=3)

@@ -124,3 +124,30 @@ def test_a_file_that_is_not_an_npz_is_named_and_never_unpickled(tmp_path):
         load_samples(bad)
     with pytest.raises(ValueError, match=r"samples.npz is not an .npz file"):
         load_reference(bad, Pool().eval())
+
+
+def test_a_reference_of_another_shape_is_refused_unless_resized(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFGUIDE_CACHE", str(tmp_path / "cache"))
+    folder = colour_folder(tmp_path / "data", size=16)
+    with pytest.raises(ValueError, match=r"holds 3x16x16 images but the samples are 3x8x8.*resize-reference"):
+        load_reference(folder, Pool().eval(), sample_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match=r"holds 3x16x16 images but the samples are 1x16x16"):
+        load_reference(folder, Pool().eval(), sample_shape=(1, 16, 16))
+    small = load_reference(folder, Pool().eval(), sample_shape=(3, 8, 8), image_size=8)
+    assert small.image_shape == (3, 8, 8)
+    path = save_stats(tmp_path / "s8.npz", small)  # the shape travels with the statistics ...
+    assert load_reference(path, Pool().eval(), sample_shape=(3, 8, 8)).image_shape == (3, 8, 8)
+    with pytest.raises(ValueError, match=r"s8.npz holds 3x8x8 images but the samples are 3x16x16"):
+        load_reference(path, Pool().eval(), sample_shape=(3, 16, 16))  # ... and is checked on use
+    with pytest.raises(ValueError, match=r"reference mnist:test holds 1x28x28 images but the samples are 3x16x16"):
+        load_reference("mnist:test", Pool().eval(), sample_shape=(3, 16, 16))
+
+    import diffguide.experiments.sweep as sweep
+
+    monkeypatch.setattr(sweep, "feature_net", lambda kind, shape, device="cpu": Pool().eval())
+    save_samples(tmp_path / "x8.npz", torch.zeros(6, 3, 8, 8), torch.arange(6) % 3)
+    args = ["evaluate", "--samples", str(tmp_path / "x8.npz"), "--reference", str(folder)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and "but the samples are 3x8x8" in str(res.exception), res.output
+    res = CliRunner().invoke(cli, [*args, "--resize-reference"])
+    assert res.exit_code == 0 and '"fid"' in res.output, res.output

@@ -448,11 +448,12 @@ def demo_gmm(out: str | None, autoguidance: bool, w_text: str) -> None:
 
 # --------------------------------------------------------------------------------------- evaluation
 def metrics_setup(shape: tuple[int, ...], reference: str | None, features: str, evaluator_path: str | None,
-                  device: str = "cpu") -> tuple[Any, Any]:
+                  device: str = "cpu", resize_reference: bool = False) -> tuple[Any, Any]:
     """``(feature net, reference statistics)`` for samples of ``shape`` from the metric options:
     ``--features`` (auto | mnist | inception), ``--reference`` (mnist, a folder, an .npz of images or of
-    statistics; default: the MNIST test split for 1x28x28) and ``--evaluator`` (a classifier trained by
-    ``train-classifier``, read at its clean end for class accuracy and IS; or MNIST evaluator weights)."""
+    statistics; default: the MNIST test split for 1x28x28; another shape than the samples' is refused
+    unless ``--resize-reference``) and ``--evaluator`` (a classifier trained by ``train-classifier``, read
+    at its clean end for class accuracy and IS; or MNIST evaluator weights)."""
     from .experiments.sweep import WithClassifier, feature_net
     from .metrics.reference_stats import load_reference
 
@@ -473,7 +474,8 @@ def metrics_setup(shape: tuple[int, ...], reference: str | None, features: str, 
     if reference is None and not mnist:
         raise ValueError(f"samples of shape {'x'.join(map(str, shape))} need --reference (an image folder, an "
                          f".npz of images, or statistics from diffguide reference-stats)")
-    return net, load_reference(reference or "mnist:test", net, image_size=None if mnist else shape[-1])
+    return net, load_reference(reference or "mnist:test", net, sample_shape=tuple(shape),
+                               image_size=shape[-1] if resize_reference else None)
 
 
 def _meta(module: Any) -> dict[str, Any]:
@@ -498,6 +500,9 @@ _metric_options = [
     click.option("--features", type=click.Choice(["auto", "mnist", "inception"]), default="auto", show_default=True,
                  help="Feature network: the MNIST evaluator for 1x28x28 samples, else Inception-v3 (the inception "
                       "extra; nothing is downloaded)."),
+    click.option("--resize-reference", is_flag=True,
+                 help="Resize and center-crop the reference images (and convert their channels) to the samples' "
+                      "shape; without it a reference of another shape is an error."),
 ]
 
 
@@ -533,8 +538,8 @@ def _metrics_opts(fn: Any) -> Any:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_text: str | None,
           scale_text: str | None, cg_text: str, unconditional: bool, n: int, evaluator_path: str | None,
-          reference: str | None, features: str, device: str, out: str, no_plot: bool, no_progress: bool,
-          **kw: Any) -> None:
+          reference: str | None, features: str, resize_reference: bool, device: str, out: str, no_plot: bool,
+          no_progress: bool, **kw: Any) -> None:
     """Sample and score a model over guidance settings: FID, IS, precision/recall, class accuracy.
 
     Settings: every --w with CFG alone (tag w<w>), then every nonzero --cg-scale s on the
@@ -555,7 +560,7 @@ def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_tex
     pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=device)
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
-    evaluator, ref = metrics_setup(pipe.sample_shape, reference, features, evaluator_path, device)
+    evaluator, ref = metrics_setup(pipe.sample_shape, reference, features, evaluator_path, device, resize_reference)
     rows = run_sweep(pipe, settings, n=n, out=Path(out), sampling=sampling, evaluator=evaluator, reference=ref,
                      progress=not no_progress, plot=not no_plot)
     width = max(14, *(len(r["tag"]) + 2 for r in rows))
@@ -578,14 +583,16 @@ def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_tex
               help="A classifier trained by train-classifier (class accuracy and IS at its clean end), or MNIST "
                    "evaluator weights (default: the shipped evaluator, for MNIST).")
 @_metrics_opts
-def evaluate(samples: str, evaluator_path: str | None, reference: str | None, features: str) -> None:
+def evaluate(samples: str, evaluator_path: str | None, reference: str | None, features: str,
+             resize_reference: bool) -> None:
     """Print the metrics (FID, KID, precision/recall against a reference set; IS and class accuracy with a
     classifier) of samples as JSON."""
     from .experiments.sweep import evaluate_samples
     from .images import load_samples
 
     x, _ = load_samples(Path(samples))
-    net, ref = metrics_setup(tuple(x.shape[1:]), reference, features, evaluator_path)
+    net, ref = metrics_setup(tuple(x.shape[1:]), reference, features, evaluator_path,
+                             resize_reference=resize_reference)
     click.echo(json.dumps(evaluate_samples(samples, evaluator=net, reference=ref), indent=1))
 
 

@@ -175,6 +175,9 @@ def guided(net: Net, c: Tensor | Sequence[Tensor], w: Weight | Sequence[Weight] 
         positive, negative = [(Request(net, net.condition(conds[0], ws[0])), 0.0)], None  # type: ignore[attr-defined]
     elif guide is not None:  # autoguidance: the same condition, the guide's prediction
         positive, negative = [(Request(net, conds[0]), ws[0])], Request(guide, conds[0])
+    elif (null is None and not unconditional and len(conds) == 1 and isinstance(ws[0], float) and ws[0] == 0.0
+          and get_rule(rule).zero_is_conditional):  # the conditional model: no null condition needed (nor run)
+        positive, negative = [(Request(net, conds[0]), 0.0)], None
     else:
         null = null_condition(net, conds[0]) if null is None else null
         if unconditional:

@@ -34,12 +34,14 @@ ImagesLike = Tensor | np.ndarray
 @dataclass(frozen=True, eq=False)
 class ReferenceStats:
     """``mu`` ``(D,)`` and ``sigma`` ``(D, D)`` (float64) over all ``n`` images; ``features``
-    ``(M, D)`` float32, a fixed random subset of ``M <= max_features`` of them."""
+    ``(M, D)`` float32, a fixed random subset of ``M <= max_features`` of them; ``image_shape``
+    ``(C, H, W)`` of the images they came from (``None`` when unknown: statistics from elsewhere)."""
 
     mu: np.ndarray
     sigma: np.ndarray
     features: np.ndarray
     n: int
+    image_shape: tuple[int, ...] | None = None
 
 
 def weights_hash(net: FeatureNet | nn.Module) -> str:
@@ -105,19 +107,25 @@ def _compute(net: FeatureNet, images: ImagesLike, max_features: int, batch_size:
     mean_g = s1 / N
     sigma = (s2 - N * torch.outer(mean_g, mean_g)) / (N - 1)
     return ReferenceStats(mu=(shift + mean_g).numpy(), sigma=(0.5 * (sigma + sigma.T)).numpy(),
-                          features=torch.cat(kept).numpy(), n=N)
+                          features=torch.cat(kept).numpy(), n=N, image_shape=tuple(int(d) for d in x_all.shape[1:]))
 
 
 def _save(path: Path, stats: ReferenceStats) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, mu=stats.mu, sigma=stats.sigma, features=stats.features, n=np.int64(stats.n))
+        shape = np.asarray(stats.image_shape or (), dtype=np.int64)
+        np.savez(f, mu=stats.mu, sigma=stats.sigma, features=stats.features, n=np.int64(stats.n), image_shape=shape)
+
+
+def _shape_of(z: np.lib.npyio.NpzFile) -> tuple[int, ...] | None:
+    return tuple(int(d) for d in z["image_shape"]) or None if "image_shape" in z.files else None
 
 
 def _load(path: Path) -> ReferenceStats | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return ReferenceStats(mu=z["mu"], sigma=z["sigma"], features=z["features"], n=int(z["n"]))
+            return ReferenceStats(mu=z["mu"], sigma=z["sigma"], features=z["features"], n=int(z["n"]),
+                                  image_shape=_shape_of(z))
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
         return None  # missing or unreadable: recompute
 
@@ -164,15 +172,34 @@ def save_stats(path: str | os.PathLike[str], stats: ReferenceStats) -> Path:
     return Path(path)
 
 
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _check_shape(spec: str, got: tuple[int, ...] | None, want: tuple[int, ...] | None, how: str) -> None:
+    """FID compares like with like: a reference of another shape than the samples is refused, naming both."""
+    if want is None or got is None or tuple(got) == tuple(want):
+        return
+    raise ValueError(f"reference {spec} holds {_fmt(got)} images but the samples are {_fmt(want)} (channels x "
+                     f"height x width); {how}")
+
+
 def load_reference(ref: str | os.PathLike[str], net: FeatureNet, *, image_size: int | None = None,
-                   cache_dir: str | os.PathLike[str] | None = None, max_features: int = 10_000) -> ReferenceStats:
+                   sample_shape: tuple[int, ...] | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                   max_features: int = 10_000) -> ReferenceStats:
     """Reference statistics under ``net`` of ``ref``: ``mnist`` / ``mnist:train`` / ``mnist:test``; an image
-    folder or an ``.npz`` of images (anything :func:`~diffguide.data.load_data` reads, resized to
-    ``image_size`` if given), cached under a key of the images' content; or an ``.npz`` of statistics
-    (``mu``, ``sigma``, and ``features`` for precision/recall and KID) written by :func:`save_stats` or
-    ``diffguide reference-stats``. Statistics files must come from features of ``net``'s dimension."""
+    folder or an ``.npz`` of images (anything :func:`~diffguide.data.load_data` reads, resized and
+    center-cropped to ``image_size`` if given), cached under a key of the images' content; or an ``.npz`` of
+    statistics (``mu``, ``sigma``, and ``features`` for precision/recall and KID) written by :func:`save_stats`
+    or ``diffguide reference-stats``. Statistics files must come from features of ``net``'s dimension.
+
+    ``sample_shape`` ``(C, H, W)``: the samples the statistics will score. A reference of another shape
+    (after the ``image_size`` resize) is refused with both shapes named, never silently compared."""
     spec = os.fspath(ref)
+    resize = (f"pass --resize-reference (image_size={sample_shape[-1]}) to resize and center-crop it to the "
+              f"samples' size, or use a reference at their resolution") if sample_shape else ""
     if spec in ("mnist", "mnist:train", "mnist:test"):
+        _check_shape(spec, (1, 28, 28), sample_shape, "use a reference at the samples' resolution")
         return mnist_reference_stats(spec.partition(":")[2] or "train", net, cache_dir=cache_dir,
                                      max_features=max_features)
     p = Path(spec)
@@ -185,15 +212,19 @@ def load_reference(ref: str | os.PathLike[str], net: FeatureNet, *, image_size: 
             if {"mu", "sigma"} <= keys:
                 feats = z["features"] if "features" in keys else np.zeros((0, len(z["mu"])), np.float32)
                 stats = ReferenceStats(mu=z["mu"], sigma=z["sigma"], features=feats,
-                                       n=int(z["n"]) if "n" in keys else 0)
+                                       n=int(z["n"]) if "n" in keys else 0, image_shape=_shape_of(z))
                 dim = getattr(net, "feature_dim", None)
                 if dim is not None and len(stats.mu) != int(dim):
                     raise ValueError(f"{spec}: statistics of {len(stats.mu)}-d features, but {net.name} gives "
                                      f"{dim}-d features")
+                _check_shape(spec, stats.image_shape, sample_shape, "write statistics of a reference at the "
+                             "samples' resolution (diffguide reference-stats --image-size)")
                 return stats
     from ..data import load_data
 
-    data = load_data(spec, image_size=image_size)
+    data = load_data(spec, image_size=image_size,
+                     channels=sample_shape[0] if image_size is not None and sample_shape else None)
+    _check_shape(spec, tuple(data.images.shape[1:]), sample_shape, resize)
     key = content_hash(data.images)
     return reference_stats(f"data-{key}", f"s{image_size or data.images.shape[-1]}", net, data.images,
                            cache_dir=cache_dir, max_features=max_features)

@@ -11,7 +11,9 @@ converted to eps through :mod:`diffguide.prediction` for the ``epsilon``, ``v_pr
 
 A class-conditional UNet (``num_class_embeds = K + 1``) has ``K`` classes and its last embedding as the
 null class, as CFG training with label dropout leaves it; an unconditional one has no classes and
-ignores the condition (guide it with a classifier or a reward).
+ignores the condition (guide it with a classifier or a reward). A UNet trained without label dropout
+has no null row: say so with ``null_class=False`` (then ``num_class_embeds = K``, and classifier-free
+guidance is refused), and give ``num_classes=K`` to have the embedding count checked.
 
 :func:`load_diffusers` reads a local folder written by diffusers' ``save_pretrained`` (a ``unet/``
 and a ``scheduler/`` folder, or a UNet folder with the scheduler's config beside it) from safetensors
@@ -50,7 +52,8 @@ class DiffusersUNet(nn.Module):
 
     lam_table: Tensor
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: Tensor, *, prediction_type: str = "epsilon") -> None:
+    def __init__(self, unet: nn.Module, alphas_cumprod: Tensor, *, prediction_type: str = "epsilon",
+                 num_classes: int | None = None, null_class: bool = True) -> None:
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -65,15 +68,26 @@ class DiffusersUNet(nn.Module):
         self.sample_shape = (int(config.in_channels), int(h), int(w))
         k = config.num_class_embeds
         self.conditional = k is not None
-        if self.conditional and int(k) < 2:
+        self.has_null = null_class and self.conditional
+        if self.conditional and int(k) < 1 + self.has_null:
             raise ValueError(f"a class-conditional UNet needs num_class_embeds = K + 1 >= 2 (the last is the null "
-                             f"class), got {k}")
-        self.num_classes = int(k) - 1 if self.conditional else 0
+                             f"class), got {k}" if null_class else f"num_class_embeds must be >= 1, got {k}")
+        self.num_classes = int(k) - self.has_null if self.conditional else 0
+        if num_classes is not None and self.conditional and num_classes != self.num_classes:
+            raise ValueError(
+                f"num_class_embeds = {k} leaves no null row for {num_classes} classes (CFG training needs K + 1 "
+                f"embeddings, the last one null); pass null_class=False to use it without classifier-free guidance"
+                if null_class and int(k) == num_classes else
+                f"num_class_embeds = {k} does not fit {num_classes} classes (expected {num_classes + null_class})")
         self.null_label = self.num_classes
         self.train_schedule = DiscreteSchedule(tuple(table.tolist()), "diffusers")
         self.register_buffer("lam_table", table.flip(0), persistent=False)  # increasing in lam: t = T-1 .. 0
 
     def null_condition(self, c: Tensor) -> Tensor:
+        if self.conditional and not self.has_null:
+            raise ValueError(f"this UNet has no null class (num_class_embeds = {self.num_classes}, "
+                             f"null_class=False): classifier-free guidance needs one; sample it at w = 0, or guide "
+                             f"it with a classifier, a reward or a guide network")
         return torch.full_like(c, self.null_label)
 
     def timestep(self, lam: Tensor) -> Tensor:
@@ -106,8 +120,9 @@ def is_diffusers_folder(path: str | Path) -> bool:
                            "_class_name" in json.loads((p / "config.json").read_text()))
 
 
-def load_diffusers(path: str | Path) -> DiffusersUNet:
-    """A :class:`DiffusersUNet` from a local diffusers folder (module doc); safetensors weights only."""
+def load_diffusers(path: str | Path, *, num_classes: int | None = None, null_class: bool = True) -> DiffusersUNet:
+    """A :class:`DiffusersUNet` from a local diffusers folder (module doc); safetensors weights only.
+    ``num_classes`` and ``null_class`` as for :class:`DiffusersUNet`."""
     p = Path(path)
     if not p.exists():
         hint = " (a hub name? diffguide never downloads: save the model locally with save_pretrained)" \
@@ -131,4 +146,5 @@ def load_diffusers(path: str | Path) -> DiffusersUNet:
     config = json.loads(sched_file.read_text())
     scheduler = DDPMScheduler.from_config(config)
     return DiffusersUNet(unet.eval(), scheduler.alphas_cumprod,
-                         prediction_type=config.get("prediction_type", "epsilon"))
+                         prediction_type=config.get("prediction_type", "epsilon"), num_classes=num_classes,
+                         null_class=null_class)

@@ -336,7 +336,8 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
 @click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model (exported .safetensors, "
                                          "checkpoint or run dir) under the same label, instead of the null label.")
-@click.option("--w", "w_text", help="Guidance weights w, the CFG paper's (0 = conditional model). [default: 0,1,3]")
+@click.option("--w", "w_text", help="Guidance weights w, the CFG paper's (0 = conditional model).  [default: 0,1,3; "
+                                    "0 with --unconditional or an unconditional model]")
 @click.option("--scale", "scale_text", help="Guidance scales s = 1 + w (diffusers' guidance_scale), instead of --w.")
 @_guidance_options
 @click.option("--cg-scale", "cg_text", default="0", show_default=True, help="Classifier-guidance scales s.")
@@ -348,14 +349,14 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
               help="x0: the reward reads the network's clean prediction (gradient through the network); "
                    "z: it reads the noisy latent (a noise-aware reward).")
 @click.option("--reward-clip", type=float, help="Largest per-sample gradient norm (default: no clipping).")
-@click.option("--labels", default="0-9", show_default=True)
+@click.option("--labels", help="Class labels, e.g. 0-9, 3 or 0,2,5.  [default: every class of the model]")
 @click.option("--n", default=100, show_default=True, help="Samples per setting (split evenly over labels).")
 @_sampling_options
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default="out/samples", show_default=True, type=click.Path(file_okay=False))
 def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_text: str | None,
            scale_text: str | None, cg_text: str, unconditional: bool, reward_spec: str | None, reward_scale: float,
-           reward_on: str, reward_clip: float | None, labels: str, n: int, device: str, out: str,
+           reward_on: str, reward_clip: float | None, labels: str | None, n: int, device: str, out: str,
            **kw: Any) -> None:
     """Sample a model at several guidance settings: a PNG grid and an .npz per setting."""
     from .api import load
@@ -363,8 +364,8 @@ def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_te
     method = kw["method"]
     spec = _pop_spec(kw)
     sampling = _pop_sampling(kw)
-    ws = strengths(w_text, scale_text, "0,1,3", method)
     pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=device)
+    ws = strengths(w_text, scale_text, "0" if unconditional or not pipe.num_classes else "0,1,3", method)
     cg_scales = parse_floats(cg_text, "--cg-scale")
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
@@ -379,8 +380,9 @@ def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_te
             raise click.BadParameter(str(e), param_hint="--reward") from None
     # an unconditional network's labels are its classifier's classes (or a single placeholder class)
     classes = pipe.num_classes or int(getattr(pipe.classifier, "num_classes", 0) or 1)
-    sample_grids(pipe, Path(out), ws=ws, cg_scales=cg_scales, labels=parse_labels(labels if classes > 1 else "0",
-                 classes), n=n, guidance=spec, sampling=sampling, unconditional=unconditional, reward=reward)
+    wanted = labels if labels is not None and classes > 1 else f"0-{classes - 1}"
+    sample_grids(pipe, Path(out), ws=ws, cg_scales=cg_scales, labels=parse_labels(wanted, classes), n=n,
+                 guidance=spec, sampling=sampling, unconditional=unconditional, reward=reward)
 
 
 @cli.command()

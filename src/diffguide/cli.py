@@ -64,14 +64,19 @@ def _train_options(fn: Any) -> Any:
         click.option("--preset", help="Network size: tiny | small | base."),
         click.option("--schedule", help="continuous (CFG paper) | linear | cosine, or the path of a diffusers "
                                         "scheduler config (or its folder): train for that model's schedule."),
-        click.option("--batch-size", type=int), click.option("--steps", type=int),
+        click.option("--batch-size", type=int, help="Per process and micro-batch; the global batch is batch size "
+                                                    "x processes x --accumulate."),
+        click.option("--accumulate", type=int, help="Gradient accumulation: micro-batches per step (1)."),
+        click.option("--steps", type=int),
         click.option("--time-budget", help="Wall-clock budget instead of/besides --steps, e.g. 30m, 1h, 90s."),
         click.option("--lr", type=float), click.option("--warmup", type=int),
         click.option("--lr-decay", type=click.Choice(["cosine", "linear", "constant"])),
         click.option("--weight-decay", type=float), click.option("--grad-clip", type=float),
         click.option("--ema-decay", type=float),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"])),
-        click.option("--device", help="auto | cpu | cuda | cuda:N."),
+        click.option("--device", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)."),
+        click.option("--backend", type=click.Choice(["auto", "gloo", "nccl"]),
+                     help="torch.distributed backend under torchrun (auto: nccl on GPUs, gloo on CPU)."),
         click.option("--seed", type=int), click.option("--log-every", type=int),
         click.option("--ckpt-every", type=int), click.option("--keep", type=int),
         click.option("--resume", is_flag=True, help="Continue from the run directory's latest checkpoint."),
@@ -94,7 +99,10 @@ def _run_training(task: str, config_file: str | None, resume: bool, export_to: s
     cfg = load_config(config_file, task=task, **{**defaults, **options})
     t0 = time.time()
     run_dir = train(cfg, resume=resume, progress=not no_progress)
-    if export_to:
+    from .training.distributed import process_rank, shutdown
+
+    shutdown()  # under torchrun: the process group ends with the training; rank 0 alone exports
+    if export_to and process_rank() == 0:
         command, wall = " ".join(["diffguide", *sys.argv[1:]]), time.time() - t0
         out = export_model(run_dir, export_to, card={"command": command, "wall_time_s": round(wall, 1)})
         card = write_model_card(run_dir, out, command=command, wall_time_s=wall)

@@ -31,8 +31,12 @@ class TrainConfig:
     the CFG model ``teacher`` into a w-conditioned student over ``[w_min, w_max]``, Meng et al. 2023;
     ``preset`` and ``net`` are then the teacher's). ``steps`` caps the step count;
     ``time_budget`` (seconds) stops on wall-clock time instead, and then warm-up and learning-rate
-    decay follow the budget. ``precision``: ``"auto"`` picks bf16 autocast on CUDA with bf16 and on
-    CPUs with native bf16 (``avx512_bf16``/``amx_bf16``), fp32 elsewhere.
+    decay follow the budget. ``batch_size`` is per process and per micro-batch: a step's global batch
+    is ``batch_size x processes x accumulate`` (gradient accumulation over ``accumulate`` micro-batches),
+    and a run is defined by its global batch, not by how it is split. ``backend``: the
+    ``torch.distributed`` backend under torchrun (``auto``: NCCL on GPUs, gloo on CPU). ``precision``:
+    ``"auto"`` picks bf16 autocast on CUDA with bf16 and on CPUs with native bf16
+    (``avx512_bf16``/``amx_bf16``), fp32 elsewhere.
     """
 
     task: Literal["diffusion", "classifier", "distill"] = "diffusion"
@@ -47,6 +51,7 @@ class TrainConfig:
     p_uncond: float = 0.1
     p_clean: float = 0.0
     batch_size: int = 128
+    accumulate: int = 1
     steps: int | None = 10_000
     time_budget: float | None = None
     lr: float = 1e-3
@@ -57,6 +62,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
     seed: int = 0
     log_every: int = 100
     ckpt_every: int = 1000
@@ -81,7 +87,7 @@ class TrainConfig:
                 raise ValueError(f"the w range [{lo}, {hi}] is invalid: expected -1 <= w_min <= w_max")
             if self.distill_weighting not in ("snr", "truncated-snr"):
                 raise bad("distill_weighting", "'snr' or 'truncated-snr'")
-        for name in ("batch_size", "log_every", "ckpt_every", "keep"):
+        for name in ("batch_size", "accumulate", "log_every", "ckpt_every", "keep"):
             if not is_positive_int(getattr(self, name)):
                 raise bad(name, "a positive integer")
         if self.steps is not None and not is_positive_int(self.steps):
@@ -108,6 +114,8 @@ class TrainConfig:
             raise bad("lr_decay", "'cosine', 'linear' or 'constant'")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise bad("precision", "'auto', 'fp32' or 'bf16'")
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise bad("backend", "'auto', 'gloo' or 'nccl'")
         if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
             raise bad("device", "'auto', 'cpu', 'cuda' or 'cuda:N'")
 

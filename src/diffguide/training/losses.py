@@ -3,6 +3,10 @@
 ``x`` are images in [-1, 1] of shape ``(B, C, H, W)``, ``c`` int64 labels ``(B,)``. Randomness
 (``lam``, ``eps``, label dropout) comes from ``generator`` only, so a step is a pure function of
 the weights, the batch and the generator's seed (exact resume).
+
+``rows`` (a slice, default all): the rows the network sees and the loss averages. The randomness is
+drawn for the whole batch first, so row ``i`` gets the same ``lam``, ``eps`` and dropout whichever
+process (or gradient-accumulation micro-batch) computes it: a run does not depend on how it is split.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from ..prediction import bcast
 from ..schedule import Schedule, alpha_sigma
 
 __all__ = ["DiffusionLoss", "ClassifierLoss", "DistillationLoss", "drop_labels", "noise_quartile"]
+
+ALL = slice(None)
 
 
 def drop_labels(c: Tensor, p_uncond: float, null_label: int, generator: torch.Generator) -> Tensor:
@@ -47,11 +53,12 @@ class DiffusionLoss:
         if not (math.isfinite(self.p_uncond) and 0.0 <= self.p_uncond <= 1.0):
             raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond!r}")
 
-    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator) -> tuple[Tensor, dict]:
+    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator,
+                 rows: slice = ALL) -> tuple[Tensor, dict]:
         lam = self.schedule.sample_lam(x.shape[0], generator=generator).to(x.device)
         c = drop_labels(c, self.p_uncond, int(cast(Any, net.null_label)), generator)
         z, eps = _noisy(x, lam, generator)
-        loss = F.mse_loss(net(z, lam, c).float(), eps)
+        loss = F.mse_loss(net(z[rows], lam[rows], c[rows]).float(), eps[rows])
         return loss, {}
 
 
@@ -74,12 +81,14 @@ class ClassifierLoss:
         if not (math.isfinite(self.p_clean) and 0.0 <= self.p_clean <= 1.0):
             raise ValueError(f"p_clean must be in [0, 1], got {self.p_clean!r}")
 
-    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator) -> tuple[Tensor, dict]:
+    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator,
+                 rows: slice = ALL) -> tuple[Tensor, dict]:
         lam = self.schedule.sample_lam(x.shape[0], generator=generator).to(x.device)
         if self.p_clean > 0:
             clean = torch.rand(lam.shape, generator=generator, device=generator.device).to(x.device) < self.p_clean
             lam = torch.where(clean, self.schedule.lam(torch.zeros(1)).to(lam), lam)
         z, _ = _noisy(x, lam, generator)
+        z, lam, c = z[rows], lam[rows], c[rows]
         logits = net(z, lam).float()
         q = noise_quartile(self.schedule, lam)
         correct = (logits.argmax(1) == c).float()
@@ -110,12 +119,14 @@ class DistillationLoss:
         if self.weighting not in ("snr", "truncated-snr"):
             raise ValueError(f"weighting must be 'snr' or 'truncated-snr', got {self.weighting!r}")
 
-    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator) -> tuple[Tensor, dict]:
-        B = x.shape[0]
-        lam = self.schedule.sample_lam(B, generator=generator).to(x.device)
+    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator,
+                 rows: slice = ALL) -> tuple[Tensor, dict]:
+        lam = self.schedule.sample_lam(x.shape[0], generator=generator).to(x.device)
         lo, hi = self.w_range
-        w = (lo + (hi - lo) * torch.rand(B, generator=generator, device=generator.device)).to(x.device)
+        w = (lo + (hi - lo) * torch.rand(x.shape[0], generator=generator, device=generator.device)).to(x.device)
         z, _ = _noisy(x, lam, generator)
+        z, lam, c, w = z[rows], lam[rows], c[rows], w[rows]
+        B = z.shape[0]
         with torch.no_grad():  # the teacher's CFG pair, one batched forward
             null = torch.full_like(c, int(cast(Any, self.teacher).null_label))
             both = self.teacher(torch.cat([z, z]), torch.cat([lam, lam]), torch.cat([c, null])).float()

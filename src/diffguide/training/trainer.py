@@ -29,9 +29,10 @@ from ..models import build_model
 from ..precision import cpu_has_native_bf16, resolve_precision
 from ..schedule import DiscreteSchedule, get_schedule
 from .config import TrainConfig
+from .distributed import Runtime, init_runtime, restart_count
 from .losses import ClassifierLoss, DiffusionLoss, DistillationLoss
 
-__all__ = ["train", "TrainingDiverged", "resolve_device", "resolve_precision", "cpu_has_native_bf16"]
+__all__ = ["train", "TrainingDiverged", "resolve_device", "resolve_precision", "cpu_has_native_bf16", "global_batch"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,17 +87,33 @@ class _Log:
             self.tb.close()
 
 
-def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    # A resumed run may change how long it runs and how it reports, not what it computes.
-    free = {"out", "steps", "time_budget", "log_every", "ckpt_every", "keep", "tensorboard", "device"}
+def global_batch(cfg: TrainConfig, world: int) -> int:
+    """Rows per optimizer step: the per-process micro-batch x processes x accumulation steps."""
+    return cfg.batch_size * world * cfg.accumulate
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, world: int = 1) -> None:
+    # A resumed run may change how long it runs, how it reports and how its global batch is split over
+    # processes and micro-batches, not what it computes.
+    free = {"out", "steps", "time_budget", "log_every", "ckpt_every", "keep", "tensorboard", "device", "backend",
+            "batch_size", "accumulate"}
     now = dataclasses.asdict(cfg)
-    diff = {k: (saved.get(k), now[k]) for k in now if k not in free and saved.get(k) != now[k]}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields older runs lack
+    diff = {k: (saved.get(k, defaults.get(k)), now[k]) for k in now
+            if k not in free and saved.get(k, defaults.get(k)) != now[k]}
     if diff:
         raise ValueError("cannot resume: the config differs from the checkpoint's in "
                          + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diff.items()))
+    was = int(saved.get("global_batch") or saved["batch_size"] * saved.get("accumulate", 1))
+    if was != global_batch(cfg, world):
+        raise ValueError(f"cannot resume: the run's global batch is {was} rows per step, but batch_size "
+                         f"{cfg.batch_size} x {world} process{'es' if world > 1 else ''} x accumulate "
+                         f"{cfg.accumulate} = {global_batch(cfg, world)}; choose --batch-size and --accumulate "
+                         f"so that their product with the number of processes is {was}")
 
 
-def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer) -> tuple[dict[str, Any], Path]:
+def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
+            say: Callable[..., None] = print) -> tuple[dict[str, Any], Path]:
     """Load the newest *intact* checkpoint. A damaged one (truncated file, failed disk) is reported with the
     steps its fallback loses; only when none is intact does resuming stop, naming each one's damage."""
     found = checkpoints(run_dir)
@@ -109,8 +126,8 @@ def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer)
             continue
         for bad, why in damaged:
             lost = _step_of(bad) - int(state["step"])
-            print(f"warning: {bad.name} is damaged ({why}); resuming from {ckpt.name} instead, {lost} steps lost",
-                  file=sys.stderr)
+            say(f"warning: {bad.name} is damaged ({why}); resuming from {ckpt.name} instead, {lost} steps lost",
+                file=sys.stderr)
         return state, ckpt
     raise ValueError("--resume: no intact checkpoint in " + str(run_dir) + ":\n"
                      + "\n".join(f"  {p.name}: {why}" for p, why in damaged))
@@ -161,6 +178,17 @@ def _distill_task(cfg: TrainConfig, data: ImageData, schedule: Any, device: torc
 TASKS: dict[str, Task] = {"diffusion": _diffusion_task, "classifier": _classifier_task, "distill": _distill_task}
 
 
+class _DDP(torch.nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that also answers the wrapped network's attributes (``null_label``,
+    ``condition``, ...), so the losses take either."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
           data: ImageData | None = None, on_step: Callable[[int, float], None] | None = None) -> Path:
     """Train per ``cfg``; returns the run directory (checkpoints, ``log.jsonl``, ``config.json``).
@@ -168,15 +196,36 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     ``resume=True`` continues from the run directory's latest checkpoint (an error if there is none,
     or if the config changed in anything but duration and reporting). ``data`` overrides
     ``cfg.data`` (already loaded). ``on_step(step, loss)`` is called after each step.
+
+    Under ``torchrun`` every process runs this with the same config: DistributedDataParallel over the
+    ranks (:mod:`~diffguide.training.distributed`), each taking its rows of the global batch; rank 0
+    alone logs, prints and writes checkpoints, all ranks resume from the same one, and the stop decisions
+    (step budget, time budget, a non-finite loss on any rank) are taken together. A job that torchrun
+    restarts (``--max-restarts``) resumes from its last checkpoint by itself.
     """
+    rt = init_runtime(cfg.device, cfg.backend)
+    say = print if rt.is_main else (lambda *a, **k: None)
+    return _train(cfg, rt, say, resume=resume, progress=progress and rt.is_main, data=data, on_step=on_step)
+
+
+def _train(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], *, resume: bool, progress: bool,
+           data: ImageData | None, on_step: Callable[[int, float], None] | None) -> Path:
     run_dir = Path(cfg.out)
-    device = resolve_device(cfg.device)
+    device = rt.device
     amp = resolve_precision(cfg.precision, device)
-    print(f"device {device}, precision {'bf16 autocast' if amp else 'fp32'}"
-          + (" (auto: native bf16 not available)" if cfg.precision == "auto" and amp is None else ""))
+    say(f"device {device}, precision {'bf16 autocast' if amp else 'fp32'}"
+        + (" (auto: native bf16 not available)" if cfg.precision == "auto" and amp is None else ""))
     if data is None:
         data = load_data(cfg.data, image_size=cfg.image_size, channels=cfg.channels)
-    check_batch_size(data, cfg.batch_size)
+    G = global_batch(cfg, rt.world)
+    if G > len(data):
+        raise ValueError(f"the global batch of {G} rows (batch_size {cfg.batch_size} x {rt.world} "
+                         f"process{'es' if rt.world > 1 else ''} x accumulate {cfg.accumulate}) exceeds the "
+                         f"{len(data)} images in {cfg.data}; use a smaller batch, fewer processes or more data")
+    check_batch_size(data, G)
+    if rt.distributed:
+        say(f"{rt.world} processes ({dist_backend()}), global batch {G} = {cfg.batch_size} per process x "
+            f"{rt.world}" + (f" x {cfg.accumulate} micro-batches" if cfg.accumulate > 1 else ""))
     schedule = get_schedule(cfg.schedule)
     torch.manual_seed(cfg.seed)  # weight init (and dropout) draw from the global generator
     net, loss_fn, kind = TASKS[cfg.task](cfg, data, schedule, device)
@@ -185,12 +234,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             foreach=True)
     ema = EMA(net, decay=cfg.ema_decay)
-    config = {**dataclasses.asdict(cfg), "model": dataclasses.asdict(cast(Any, net.config)), "kind": kind}
+    config = {**dataclasses.asdict(cfg), "model": dataclasses.asdict(cast(Any, net.config)), "kind": kind,
+              "global_batch": G, "world_size": rt.world}
     if isinstance(schedule, DiscreteSchedule) and schedule.name == "diffusers":  # from a file: keep the table
         config["schedule_table"] = list(schedule.lams)
 
     step, elapsed = 0, 0.0
     ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if not resume and ckpt is not None and restart_count() > 0:
+        resume = True  # torchrun restarted the job (--max-restarts): go on from the last checkpoint
+        say(f"restart {restart_count()}: resuming")
     if resume:
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
@@ -199,20 +252,25 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         except (OSError, ValueError, KeyError):
             saved = None  # unreadable: _resume reports the damage and falls back
         if saved is not None:
-            _check_resumable(saved, cfg)
-        state, ckpt = _resume(run_dir, net, ema, opt)
-        _check_resumable(state["config"], cfg)
+            _check_resumable(saved, cfg, rt.world)
+        state, ckpt = _resume(run_dir, net, ema, opt, say)
+        _check_resumable(state["config"], cfg, rt.world)
         step, elapsed = int(state["step"]), float(state.get("extra", {}).get("elapsed_s", 0.0))
-        print(f"resumed from {ckpt} at step {step}")
+        say(f"resumed from {ckpt} at step {step}")
     elif ckpt is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue, "
                               "or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    print("config: " + json.dumps(dataclasses.asdict(cfg)))
+    rt.barrier()  # every rank has read what it needs before rank 0 writes
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    say("config: " + json.dumps(dataclasses.asdict(cfg)))
 
-    batches = Batches(data, cfg.batch_size, seed=cfg.seed, hflip=cfg.hflip)
-    log = _Log(run_dir, cfg.tensorboard)
+    model: nn.Module = net
+    if rt.distributed:
+        model = _DDP(net, device_ids=[device] if device.type == "cuda" else None)
+    batches = Batches(data, G, seed=cfg.seed, hflip=cfg.hflip)
+    log = _Log(run_dir, cfg.tensorboard) if rt.is_main else None
     total = cfg.steps if cfg.steps is not None else None
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
     bar = None
@@ -222,19 +280,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 
     saved_step = step if resume else -1
 
-    def save(s: int) -> Path:
+    def save(s: int) -> None:
         nonlocal saved_step
         saved_step = s
-        return save_checkpoint(run_dir, s, model=net, ema=ema, optimizer=opt, config=config,
-                               extra={"elapsed_s": elapsed}, keep=cfg.keep)
+        if rt.is_main:
+            save_checkpoint(run_dir, s, model=net, ema=ema, optimizer=opt, config=config,
+                            extra={"elapsed_s": elapsed}, keep=cfg.keep)
 
+    # this rank's rows of the global batch, cut into the accumulation's micro-batches
+    mine = rt.rows(G)
+    micro = [slice(mine.start + k * cfg.batch_size, mine.start + (k + 1) * cfg.batch_size)
+             for k in range(cfg.accumulate)]
     net.train()
     stats_sum: dict[str, torch.Tensor]
     t_log, seen, loss_sum, stats_sum = time.perf_counter(), 0, 0.0, {}
     t_start = time.perf_counter() - elapsed
     try:
         while True:
-            elapsed = time.perf_counter() - t_start
+            elapsed, = rt.agree(time.perf_counter() - t_start)  # rank 0's clock: one lr, one stop for all
             done_by_time = cfg.time_budget is not None and elapsed >= cfg.time_budget
             if (total is not None and step >= total) or done_by_time:
                 break
@@ -246,52 +309,73 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 x, c = batches.get(step)
                 x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 c = c.to(device, non_blocking=True)
-            gen = torch.Generator(device).manual_seed(step_seed(cfg.seed, step))
-            with record_function("forward+loss"), autocast():
-                loss, stats = loss_fn(net, x, c, gen)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                last = latest_checkpoint(run_dir)
-                raise TrainingDiverged(f"loss is {loss_value} at step {step}; stopped before updating the "
-                                       f"weights. Last good checkpoint: {last or 'none yet'}")
-            with record_function("backward"):
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+            opt.zero_grad(set_to_none=True)
+            loss_value = 0.0
+            stats: dict[str, torch.Tensor] = {}
+            for k, rows in enumerate(micro):
+                # the global batch's randomness, the same on every rank and micro-batch; these rows of it
+                gen = torch.Generator(device).manual_seed(step_seed(cfg.seed, step))
+                with record_function("forward+loss"), autocast():
+                    loss, part = loss_fn(model, x, c, gen, rows)
+                value = loss.item()
+                if rt.any(not math.isfinite(value)):  # agreed: every rank stops here, none waits on another
+                    last = latest_checkpoint(run_dir)
+                    what = f"loss is {value}" if not math.isfinite(value) else "the loss is not finite on another rank"
+                    where = f" (rank {rt.rank})" if rt.distributed else ""
+                    raise TrainingDiverged(f"{what}{where} at step {step}; stopped before updating the weights. "
+                                           f"Last good checkpoint: {last or 'none yet'}")
+                sync = rt.distributed and k < len(micro) - 1
+                with record_function("backward"), (cast(Any, model).no_sync() if sync else contextlib.nullcontext()):
+                    (loss / len(micro)).backward()
+                loss_value += value / len(micro)
+                for key, v in part.items():
+                    stats[key] = stats.get(key, 0) + v.detach()
             with record_function("clip+optimizer"):
                 grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
                 opt.step()
             with record_function("ema"):
                 ema.update(net)
             step += 1
-            seen += x.shape[0]
+            seen += G
             loss_sum += loss_value
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0) + v.detach()
+            for key, v in stats.items():
+                stats_sum[key] = stats_sum.get(key, 0) + v
             if on_step is not None:
                 on_step(step, loss_value)
             if bar is not None:
                 bar.update(1)
             if step % cfg.log_every == 0:
                 now = time.perf_counter()
-                row = {"step": step, "loss": loss_sum / cfg.log_every, "lr": lr,
+                mean_loss = rt.all_reduce(torch.tensor([loss_sum], dtype=torch.float64)).item() / rt.world
+                row = {"step": step, "loss": mean_loss / cfg.log_every, "lr": lr,
                        "grad_norm": float(grad_norm), "images_per_s": seen / (now - t_log),
                        "elapsed_s": now - t_start}
                 if "correct_q" in stats_sum:
-                    acc = (stats_sum["correct_q"] / stats_sum["count_q"].clamp(min=1)).tolist()
+                    both = rt.all_reduce(torch.stack([stats_sum["correct_q"], stats_sum["count_q"]]).float().cpu())
+                    acc = (both[0] / both[1].clamp(min=1)).tolist()
                     row.update({f"acc_q{i}": a for i, a in enumerate(acc)})
-                log.write(row)
+                if log is not None:
+                    log.write(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
                 t_log, seen, loss_sum, stats_sum = now, 0, 0.0, {}
             if step % cfg.ckpt_every == 0:
-                elapsed = time.perf_counter() - t_start
+                elapsed, = rt.agree(time.perf_counter() - t_start)
                 save(step)
-        elapsed = time.perf_counter() - t_start
+        elapsed, = rt.agree(time.perf_counter() - t_start)
         if saved_step != step:
             save(step)
+        rt.barrier()  # the last checkpoint is on disk before any rank returns
     finally:
         if bar is not None:
             bar.close()
-        log.close()
-    print(f"trained {step} steps in {elapsed:.0f} s; checkpoints in {run_dir}")
+        if log is not None:
+            log.close()
+    say(f"trained {step} steps in {elapsed:.0f} s; checkpoints in {run_dir}")
     return run_dir
+
+
+def dist_backend() -> str:
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_initialized() else "none"

@@ -127,3 +127,28 @@ def test_bad_distributed_input_is_refused_before_any_step(tmp_path):
     assert not (tmp_path / "big").exists() and not (tmp_path / "nccl").exists()  # refused before anything is written
     res = launch(torchrun(2, *base, "--batch-size", "4", "--steps", "4", "--resume", "--out", "run"), cwd=tmp_path)
     assert res.returncode == 0 and "resumed from" in res.stdout, res.stdout + res.stderr  # 4 x 2 = 8: it goes on
+
+
+def test_sharded_sample_and_sweep_equal_one_process(tmp_path):
+    import numpy as np
+
+    common = ["--checkpoint", "mnist", "--sampler", "ddim", "--steps", "3"]
+    for nproc, out in ((1, "one"), (2, "two")):
+        head = torchrun(2, "-m", "diffguide") if nproc == 2 else [sys.executable, "-m", "diffguide"]
+        res = launch([*head, "sample", *common, "--w", "0,2", "--num-samples", "10", "--out", f"{out}/s"], cwd=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+        res = launch([*head, "sweep", *common, "--w", "0,1", "--num-samples", "12", "--batch-size", "4", "--no-plot",
+                      "--no-progress", "--out", f"{out}/sweep"], cwd=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+    for tag in ("w0", "w2"):
+        with np.load(tmp_path / "one/s" / f"{tag}.npz") as a, np.load(tmp_path / "two/s" / f"{tag}.npz") as b:
+            assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["labels"], b["labels"])
+    for tag in ("w0", "w1"):
+        with np.load(tmp_path / "one/sweep/samples" / f"{tag}.npz") as a, \
+                np.load(tmp_path / "two/sweep/samples" / f"{tag}.npz") as b:
+            assert np.array_equal(a["images"], b["images"])
+    keys = ("fid", "kid", "precision", "recall", "accuracy", "is_mean")
+    rows = {out: {r["tag"]: r for r in json.loads((tmp_path / out / "sweep/results.json").read_text())}
+            for out in ("one", "two")}
+    for tag in ("w0", "w1"):
+        assert all(rows["one"][tag][k] == rows["two"][tag][k] for k in keys), (rows["one"][tag], rows["two"][tag])

@@ -255,7 +255,7 @@ def _sampling_options(fn: Any) -> Any:
                           "auto: the sampler's measured best (karras for heun, else schedule)."),
         click.option("--rho", type=float, default=d.rho, show_default=True, help="Karras grid exponent rho > 0."),
         click.option("--eta", type=float, help="DDIM noise (0 = deterministic; ddim only).  [default: 0]"),
-        click.option("--v", type=float,
+        click.option("--v", "--ddpm-v", "v", type=float,
                      help="DDPM variance interpolation (CFG paper Alg. 2; ddpm only).  [default: 0]"),
         click.option("--order", type=int, help="UniPC order 1..3 (unipc only).  [default: 2]"),
         click.option("--skip-corrector", type=int,
@@ -310,7 +310,7 @@ def _pop_spec(kw: dict[str, Any]) -> Any:
 # ----------------------------------------------------------------------------------------- sampling
 def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float], labels: list[int], n: int,
                  guidance: Any = None, sampling: Any = None, unconditional: bool = False,
-                 reward: Any = None) -> list[Path]:
+                 reward: Any = None, runtime: Any = None) -> list[Path]:
     """One PNG grid (rows = classes) and one .npz per (w, cg_scale) setting, with the guidance method
     ``guidance`` (a :class:`~diffguide.guidance.GuidanceSpec`; plain CFG if ``None``) and the
     :class:`~diffguide.sampling.SamplingConfig` ``sampling`` (and ``reward``, a
@@ -319,16 +319,23 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 
     from .guidance import GuidanceSpec
     from .images import save_grid, save_samples
+    from .training.distributed import Runtime
 
+    rt = runtime or Runtime()
     spec = guidance or GuidanceSpec()
     per = max(1, n // len(labels))
     y = torch.tensor(labels).repeat_interleave(per)
+    mine = rt.span(len(y))  # under torchrun: this rank's samples, by global index (hence seed)
     written = []
     for w in ws:
         for s in cg_scales:
             t0 = time.time()
-            x = pipe.sample(y, w, cg_scale=s, unconditional=unconditional, sampling=sampling, reward=reward,
-                            **spec.kwargs())
+            part = pipe.sample(y[mine], w, cg_scale=s, unconditional=unconditional, sampling=sampling,
+                               reward=reward, first_index=mine.start, **spec.kwargs())
+            parts = rt.gather(part)
+            if parts is None:
+                continue  # rank 0 writes
+            x = torch.cat(parts)
             tag = ("uncond" if unconditional else f"w{w:g}") + (f"_cg{s:g}" if s else "")
             tag += f"_{getattr(reward.reward, '__name__', 'reward')}{reward.scale:g}" if reward is not None else ""
             tag = tag if spec.is_plain else f"{spec.tag}_{tag}"
@@ -358,7 +365,8 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
                    "z: it reads the noisy latent (a noise-aware reward).")
 @click.option("--reward-clip", type=float, help="Largest per-sample gradient norm (default: no clipping).")
 @click.option("--labels", help="Class labels, e.g. 0-9, 3 or 0,2,5.  [default: every class of the model]")
-@click.option("--n", default=100, show_default=True, help="Samples per setting (split evenly over labels).")
+@click.option("--n", "--num-samples", "n", default=100, show_default=True,
+              help="Samples per setting (split evenly over labels; under torchrun write --num-samples).")
 @_sampling_options
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default="out/samples", show_default=True, type=click.Path(file_okay=False))
@@ -368,11 +376,13 @@ def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_te
            **kw: Any) -> None:
     """Sample a model at several guidance settings: a PNG grid and an .npz per setting."""
     from .api import load
+    from .training.distributed import init_runtime, shutdown
 
     method = kw["method"]
     spec = _pop_spec(kw)
     sampling = _pop_sampling(kw)
-    pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=device)
+    rt = init_runtime(device)  # one process, or this rank of a torchrun job
+    pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=rt.device)
     ws = strengths(w_text, scale_text, "0" if unconditional or not pipe.num_classes else "0,1,3", method)
     cg_scales = parse_floats(cg_text, "--cg-scale")
     if any(cg_scales) and pipe.classifier is None:
@@ -390,7 +400,8 @@ def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_te
     classes = pipe.num_classes or int(getattr(pipe.classifier, "num_classes", 0) or 1)
     wanted = labels if labels is not None and classes > 1 else f"0-{classes - 1}"
     sample_grids(pipe, Path(out), ws=ws, cg_scales=cg_scales, labels=parse_labels(wanted, classes), n=n,
-                 guidance=spec, sampling=sampling, unconditional=unconditional, reward=reward)
+                 guidance=spec, sampling=sampling, unconditional=unconditional, reward=reward, runtime=rt)
+    shutdown()
 
 
 @cli.command()
@@ -536,7 +547,8 @@ def _metrics_opts(fn: Any) -> Any:
               help="Classifier-guidance scales s; each nonzero s is run on the conditional model at w = 0.")
 @click.option("--unconditional", is_flag=True,
               help="Also run the null-label model unguided and at each nonzero --cg-scale.")
-@click.option("--n", default=10_000, show_default=True, help="Samples per setting (labels i mod K, balanced).")
+@click.option("--n", "--num-samples", "n", default=10_000, show_default=True,
+              help="Samples per setting (labels i mod K, balanced; under torchrun write --num-samples).")
 @_sampling_options
 @click.option("--evaluator", "evaluator_path", type=click.Path(dir_okay=False),
               help="A classifier trained by train-classifier (class accuracy and IS at its clean end), or MNIST "
@@ -567,12 +579,22 @@ def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_tex
     cg_scales = parse_floats(cg_text, "--cg-scale")
     settings = grid_settings(strengths(w_text, scale_text, "0,0.1,0.2,0.3,0.5,1,2,3,4", method), cg_scales,
                              unconditional, guidance=spec)
-    pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=device)
+    from .training.distributed import init_runtime, shutdown
+
+    rt = init_runtime(device)  # one process, or this rank of a torchrun job (a share of every setting's chunks)
+    pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=rt.device)
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
-    evaluator, ref = metrics_setup(pipe.sample_shape, reference, features, evaluator_path, device, resize_reference)
+    for turn in (True, False):  # rank 0 computes (and caches) the reference statistics; the others read them
+        if rt.is_main == turn:
+            evaluator, ref = metrics_setup(pipe.sample_shape, reference, features, evaluator_path, str(rt.device),
+                                           resize_reference)
+        rt.barrier()
     rows = run_sweep(pipe, settings, n=n, out=Path(out), sampling=sampling, evaluator=evaluator, reference=ref,
-                     progress=not no_progress, plot=not no_plot)
+                     progress=not no_progress, plot=not no_plot, runtime=rt)
+    shutdown()
+    if not rt.is_main:
+        return
     width = max(14, *(len(r["tag"]) + 2 for r in rows))
     click.echo(f"{'setting':<{width}}{'FID':>9}{'IS':>14}{'prec':>7}{'recall':>7}{'acc':>7}{'NFE':>6}")
     def num(r: dict[str, Any], key: str, width: int, fmt: str) -> str:

@@ -49,6 +49,7 @@ from ..images import from_uint8, load_samples, save_grid, to_uint8
 from ..metrics import FeatureNet, ReferenceStats, mnist_reference_stats, sample_metrics, weights_hash
 from ..nets.protocol import GuidedNetwork
 from ..sampling import SamplingConfig
+from ..training.distributed import Runtime
 from ..validate import positive_int
 
 __all__ = ["Setting", "run_sweep", "evaluate_samples", "default_evaluator", "grid_settings", "read_rows",
@@ -333,7 +334,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
               sampling: SamplingConfig | None = None, chunk_size: int | None = None,
               evaluator: FeatureNet | None = None, reference: ReferenceStats | None = None,
               labels: Sequence[int] | Tensor | None = None, progress: bool = True, plot: bool = True,
-              **options: Any) -> list[dict[str, Any]]:
+              runtime: Runtime | None = None, **options: Any) -> list[dict[str, Any]]:
     """Sample ``n`` images per setting and score them; returns one row per setting, in order.
 
     Every setting uses the same labels and the same per-sample noise (sample ``i`` is seeded by
@@ -350,7 +351,13 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
     ``accuracy`` (evaluator's argmax vs the requested labels), ``nfe`` (network evaluations per
     sample) and the configuration. At the end ``results.csv``/``results.json`` hold every finished row
     of this configuration in ``out`` (also settings from earlier runs), and ``sweep.png`` plots them.
+
+    Sharded (``runtime``, one rank of a torchrun job; every rank calls this with the same arguments):
+    rank ``r`` makes the chunks ``j`` with ``j mod world = r``, and rank 0 scores each setting once all
+    its chunks are on disk and writes every table. The chunks are the ones a single process makes (the
+    same global sample indices, hence seeds), so the samples are bit-identical and the metrics equal.
     """
+    rt = runtime or Runtime()
     cfg = SamplingConfig.make(sampling, **options)
     if isinstance(n, bool) or not isinstance(n, int) or n < 4:
         raise ValueError(f"n must be an integer >= 4 (precision/recall use 3 nearest neighbours), got {n!r}")
@@ -399,7 +406,7 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
     done = {r["tag"]: r for r in read_rows(results) if matches(r)}
     starts = list(range(0, n, chunk))
     bar = None
-    if progress:
+    if progress and rt.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=len(settings) * len(starts), unit="chunk", dynamic_ncols=True)
@@ -418,8 +425,8 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
             for j, i in enumerate(starts):
                 path = out / "samples" / s.tag / f"chunk-{j:04d}.npz"
                 yc = y_np[i:i + chunk]
-                got = _load_chunk(path, {**key, "first_index": i}, yc)
-                if got is None:
+                got = _load_chunk(path, {**key, "first_index": i}, yc) if j % rt.world == rt.rank else None
+                if got is None and j % rt.world == rt.rank:
                     t0 = time.perf_counter()
                     count: dict[str, int] = {}
                     x = pipe.sample(y[i:i + chunk], s.w, cg_scale=s.cg_scale, unconditional=s.unconditional,
@@ -430,11 +437,25 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
                     got = (imgs, time.perf_counter() - t0, nfe)
                     _save_npz(path, imgs, yc, {"key": {**key, "first_index": i}, "seconds": got[1],
                                                "evaluations": nfe})
-                parts.append(got[0])
-                seconds += got[1]
-                evaluations.append(got[2])
+                if got is not None:
+                    parts.append(got[0])
+                    seconds += got[1]
+                    evaluations.append(got[2])
                 if bar is not None:
                     bar.update(1)
+            if rt.distributed:
+                rt.barrier()  # every chunk of this setting is on disk
+                if not rt.is_main:
+                    continue
+                parts, seconds, evaluations = [], 0.0, []
+                for j, i in enumerate(starts):  # the other ranks' chunks, as they wrote them
+                    path = out / "samples" / s.tag / f"chunk-{j:04d}.npz"
+                    got = _load_chunk(path, {**key, "first_index": i}, y_np[i:i + chunk])
+                    if got is None:
+                        raise RuntimeError(f"chunk {path} is missing after every rank finished {s.tag}")
+                    parts.append(got[0])
+                    seconds += got[1]
+                    evaluations.append(got[2])
             images = np.concatenate(parts)
             samples_path = out / "samples" / f"{s.tag}.npz"
             _save_npz(samples_path, images, y_np, {"setting": s.asdict(), **config})
@@ -453,6 +474,8 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
         if bar is not None:
             bar.close()
 
+    if not rt.is_main:
+        return rows  # rank 0 scores and writes
     # Every finished row of this configuration (last one per tag wins), CFG then CG, by strength.
     table = sorted({r["tag"]: r for r in read_rows(results) if matches(r)}.values(), key=_order)
     _write_tables(out, table)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -71,9 +72,17 @@ class Runtime:
         per = n // self.world
         return slice(self.rank * per, (self.rank + 1) * per)
 
-    def shard(self, indices: range) -> range:
-        """This rank's share of ``indices`` (every ``world``-th one, from its rank): for sample chunks."""
-        return indices[self.rank::self.world]
+    def span(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` items (sizes differ by at most one): for samples."""
+        return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+    def gather(self, t: Tensor) -> list[Tensor] | None:
+        """Every rank's ``t`` (any row counts) on rank 0, in rank order; ``None`` on the others."""
+        if not self.distributed:
+            return [t]
+        got: list[Any] = [None] * self.world if self.is_main else []
+        dist.gather_object(t.cpu(), got if self.is_main else None, dst=0)
+        return got if self.is_main else None
 
     def barrier(self) -> None:
         if self.distributed:

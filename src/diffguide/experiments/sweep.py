@@ -46,7 +46,7 @@ from ..api import Pipeline, check_combination
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..guidance.spec import GuidanceSpec, num_text
 from ..images import from_uint8, load_samples, save_grid, to_uint8
-from ..metrics import FeatureNet, ReferenceStats, mnist_reference_stats, sample_metrics, weights_hash
+from ..metrics import FeatureNet, ReferenceStats, extract, mnist_reference_stats, sample_metrics, weights_hash
 from ..nets.protocol import GuidedNetwork
 from ..sampling import SamplingConfig
 from ..training.distributed import Runtime
@@ -241,6 +241,16 @@ def _load_chunk(path: Path, key: dict[str, Any], labels: np.ndarray) -> tuple[np
         return None
     nfe = meta.get("evaluations")
     return images, float(meta.get("seconds", 0.0)), None if nfe is None else float(nfe)
+
+
+def _outputs(net: FeatureNet, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``net``'s features and class probabilities (``None`` if it has none) of uint8 NHWC ``images``."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    try:
+        probs: np.ndarray | None = extract(net, x, output="probs")
+    except NotImplementedError:
+        probs = None
+    return extract(net, x), probs
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -443,10 +453,23 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
                     evaluations.append(got[2])
                 if bar is not None:
                     bar.update(1)
-            if rt.distributed:
-                rt.barrier()  # every chunk of this setting is on disk
-                if not rt.is_main:
+            feats: np.ndarray | None = None
+            probs: np.ndarray | None = None
+            if rt.distributed:  # each rank extracts its chunks' features; rank 0 gathers them (not the images)
+                mine = [j for j in range(len(starts)) if j % rt.world == rt.rank]
+                local = _outputs(evaluator, np.concatenate(parts)) if parts else (None, None)
+                shares = rt.gather((mine, *local))  # every rank saved its chunks before this collective
+                if shares is None:
                     continue
+                by_chunk: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+                for js, f, pr in shares:
+                    sizes = [len(y_np[starts[j]:starts[j] + chunk]) for j in js]
+                    cut = np.cumsum([0, *sizes])
+                    for j, a, b in zip(js, cut[:-1], cut[1:], strict=True):
+                        by_chunk[j] = (f[a:b], None if pr is None else pr[a:b])
+                feats = np.concatenate([by_chunk[j][0] for j in range(len(starts))])
+                got_probs = [q for j in range(len(starts)) if (q := by_chunk[j][1]) is not None]
+                probs = np.concatenate(got_probs) if len(got_probs) == len(starts) else None
                 parts, seconds, evaluations = [], 0.0, []
                 for j, i in enumerate(starts):  # the other ranks' chunks, as they wrote them
                     path = out / "samples" / s.tag / f"chunk-{j:04d}.npz"
@@ -461,7 +484,8 @@ def run_sweep(pipe: Pipeline, settings: Sequence[Setting], *, n: int, out: str |
             _save_npz(samples_path, images, y_np, {"setting": s.asdict(), **config})
             grid_path = _grid(images, y_np, out / "grids" / f"{s.tag}.png")
             t0 = time.perf_counter()
-            metrics = sample_metrics(evaluator, torch.from_numpy(images).permute(0, 3, 1, 2), reference, y)
+            metrics = sample_metrics(evaluator, torch.from_numpy(images).permute(0, 3, 1, 2), reference, y,
+                                     features=feats, probs=probs)
             nfe_mean = None if None in evaluations else round(float(np.mean(evaluations)), 3)  # type: ignore[arg-type]
             row = {"tag": s.tag, "method": s.method, **s.asdict(), **metrics, "nfe": nfe_mean,
                    "sample_seconds": round(seconds, 3), "metrics_seconds": round(time.perf_counter() - t0, 3),

@@ -18,7 +18,8 @@ __all__ = ["sample_metrics"]
 
 def sample_metrics(net: FeatureNet, images: Tensor | np.ndarray, reference: ReferenceStats,
                    labels: Tensor | np.ndarray | None = None, *, splits: int = 10, k: int = 3,
-                   batch_size: int = 500) -> dict[str, float]:
+                   batch_size: int = 500, features: np.ndarray | None = None,
+                   probs: np.ndarray | None = None) -> dict[str, float]:
     """Metrics of generated ``images`` ``(N, C, H, W)`` in [-1, 1] (or uint8) under ``net``:
 
     - ``fid``: Fréchet distance to ``reference`` (mu, sigma over all reference images);
@@ -31,10 +32,12 @@ def sample_metrics(net: FeatureNet, images: Tensor | np.ndarray, reference: Refe
     - ``accuracy``: how often ``net`` classifies a sample as its requested ``labels`` (if given).
 
     IS and accuracy are left out when ``net.probs`` raises ``NotImplementedError``
-    (e.g. :class:`~diffguide.metrics.features.InceptionFeatures`)."""
+    (e.g. :class:`~diffguide.metrics.features.InceptionFeatures`). ``features`` and ``probs``: ``net``'s
+    outputs for ``images``, computed elsewhere (e.g. by the ranks of a sharded sweep); they are not
+    recomputed."""
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"got {len(labels)} labels for {len(images)} images; give one label per image")
-    feats = extract(net, images, batch_size)
+    feats = extract(net, images, batch_size) if features is None else features
     out = {"fid": frechet_distance(*feature_stats(feats), reference.mu, reference.sigma)}
     m = min(len(feats), len(reference.features))
     rng = np.random.default_rng(0)
@@ -45,10 +48,11 @@ def sample_metrics(net: FeatureNet, images: Tensor | np.ndarray, reference: Refe
     if m >= 2:  # statistics files may hold mu and sigma only: then no precision/recall and no KID
         out["precision"], out["recall"] = precision_recall(subset(reference.features), subset(feats), k)
         out["kid"], out["kid_std"] = kid(reference.features, feats, subsets=50)
-    try:
-        probs = extract(net, images, batch_size, output="probs")
-    except NotImplementedError:
-        return out
+    if probs is None:
+        try:
+            probs = extract(net, images, batch_size, output="probs")
+        except NotImplementedError:
+            return out
     # IS splits are contiguous: shuffle (fixed seed) so that class-sorted files do not score ~1 per split
     order = np.random.default_rng(0).permutation(len(probs))
     out["is_mean"], out["is_std"] = inception_score(probs[order], min(splits, len(probs)))

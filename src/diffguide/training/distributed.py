@@ -76,12 +76,13 @@ class Runtime:
         """This rank's contiguous share of ``n`` items (sizes differ by at most one): for samples."""
         return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
 
-    def gather(self, t: Tensor) -> list[Tensor] | None:
-        """Every rank's ``t`` (any row counts) on rank 0, in rank order; ``None`` on the others."""
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` (tensors of any row count, arrays, tuples of them) on rank 0, in rank order;
+        ``None`` on the others. The objects travel between this job's own processes only."""
         if not self.distributed:
-            return [t]
+            return [obj]
         got: list[Any] = [None] * self.world if self.is_main else []
-        dist.gather_object(t.cpu(), got if self.is_main else None, dst=0)
+        dist.gather_object(obj.cpu() if isinstance(obj, Tensor) else obj, got if self.is_main else None, dst=0)
         return got if self.is_main else None
 
     def barrier(self) -> None:

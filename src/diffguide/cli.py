@@ -75,6 +75,8 @@ def _train_options(fn: Any) -> Any:
         click.option("--ema-decay", type=float),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"])),
         click.option("--device", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)."),
+        click.option("--compile/--no-compile", "compile", default=None,
+                     help="torch.compile the network for training (GPUs; it gave nothing on CPU)."),
         click.option("--backend", type=click.Choice(["auto", "gloo", "nccl"]),
                      help="torch.distributed backend under torchrun (auto: nccl on GPUs, gloo on CPU)."),
         click.option("--seed", type=int), click.option("--log-every", type=int),

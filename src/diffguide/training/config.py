@@ -34,7 +34,8 @@ class TrainConfig:
     decay follow the budget. ``batch_size`` is per process and per micro-batch: a step's global batch
     is ``batch_size x processes x accumulate`` (gradient accumulation over ``accumulate`` micro-batches),
     and a run is defined by its global batch, not by how it is split. ``backend``: the
-    ``torch.distributed`` backend under torchrun (``auto``: NCCL on GPUs, gloo on CPU). ``precision``:
+    ``torch.distributed`` backend under torchrun (``auto``: NCCL on GPUs, gloo on CPU). ``compile``:
+    ``torch.compile`` the network for training (worth it on GPUs; it gave nothing on CPU). ``precision``:
     ``"auto"`` picks bf16 autocast on CUDA with bf16 and on CPUs with native bf16
     (``avx512_bf16``/``amx_bf16``), fp32 elsewhere.
     """
@@ -63,6 +64,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    compile: bool = False
     seed: int = 0
     log_every: int = 100
     ckpt_every: int = 1000

@@ -96,7 +96,7 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, world: int = 1) ->
     # A resumed run may change how long it runs, how it reports and how its global batch is split over
     # processes and micro-batches, not what it computes.
     free = {"out", "steps", "time_budget", "log_every", "ckpt_every", "keep", "tensorboard", "device", "backend",
-            "batch_size", "accumulate"}
+            "batch_size", "accumulate", "compile"}
     now = dataclasses.asdict(cfg)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # fields older runs lack
     diff = {k: (saved.get(k, defaults.get(k)), now[k]) for k in now
@@ -269,6 +269,8 @@ def _train(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], *, resume: b
     model: nn.Module = net
     if rt.distributed:
         model = _DDP(net, device_ids=[device] if device.type == "cuda" else None)
+    if cfg.compile:  # the checkpoints keep the plain network's weights
+        model = cast(nn.Module, torch.compile(model))
     batches = Batches(data, G, seed=cfg.seed, hflip=cfg.hflip)
     log = _Log(run_dir, cfg.tensorboard) if rt.is_main else None
     total = cfg.steps if cfg.steps is not None else None

@@ -173,6 +173,8 @@ def test_an_embedding_table_without_a_null_row_is_named_and_never_cfg_guided():
     with pytest.raises(ValueError, match=r"num_class_embeds = 4 does not fit 2 classes \(expected 3\)"):
         DiffusersUNet(tiny_unet(4), alphas, num_classes=2)
     assert DiffusersUNet(tiny_unet(4), alphas, num_classes=3).num_classes == 3
+    with pytest.raises(ValueError, match=r"num_classes=3 was given, but the UNet is unconditional"):
+        DiffusersUNet(tiny_unet(None), alphas, num_classes=3)
     bare = DiffusersUNet(tiny_unet(4), alphas, num_classes=4, null_class=False)
     assert bare.num_classes == 4
     pipe = dg.Pipeline(bare)

@@ -74,8 +74,10 @@ def test_a_killed_worker_is_restarted_and_the_job_ends_as_an_uninterrupted_one(t
         while not (log.exists() and len(log.read_text().splitlines()) >= 5):  # past the checkpoint at step 3
             assert job.poll() is None and time.time() - t0 < TIMEOUT, "the job ended before it could be cut"
             time.sleep(0.2)
-        kids = subprocess.run(["pgrep", "-f", f"ddp_worker.py {out}"], capture_output=True, text=True).stdout.split()
-        victim = max(int(p) for p in kids)  # a worker (the launcher's own command line differs)
+        kids = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+        workers = [int(p) for p in kids if "ddp_worker.py" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) == 2, kids
+        victim = workers[-1]  # one of the launcher's two workers
         os.kill(victim, signal.SIGKILL)
         output, _ = job.communicate(timeout=TIMEOUT)
     finally:

@@ -333,7 +333,8 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
         for s in cg_scales:
             t0 = time.time()
             part = pipe.sample(y[mine], w, cg_scale=s, unconditional=unconditional, sampling=sampling,
-                               reward=reward, first_index=mine.start, **spec.kwargs())
+                               reward=reward, first_index=mine.start, **spec.kwargs()) if mine.stop > mine.start \
+                else torch.zeros(0, *pipe.sample_shape)  # more ranks than samples
             parts = rt.gather(part)
             if parts is None:
                 continue  # rank 0 writes

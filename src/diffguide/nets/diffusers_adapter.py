@@ -73,6 +73,9 @@ class DiffusersUNet(nn.Module):
             raise ValueError(f"a class-conditional UNet needs num_class_embeds = K + 1 >= 2 (the last is the null "
                              f"class), got {k}" if null_class else f"num_class_embeds must be >= 1, got {k}")
         self.num_classes = int(k) - self.has_null if self.conditional else 0
+        if num_classes is not None and not self.conditional and num_classes:
+            raise ValueError(f"num_classes={num_classes} was given, but the UNet is unconditional "
+                             f"(num_class_embeds is None)")
         if num_classes is not None and self.conditional and num_classes != self.num_classes:
             raise ValueError(
                 f"num_class_embeds = {k} leaves no null row for {num_classes} classes (CFG training needs K + 1 "

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Runtime", "init_runtime", "in_torchrun", "restart_count", "process_rank", "shutdown"]
+__all__ = ["Runtime", "init_runtime", "in_torchrun", "restart_count", "run_id", "process_rank", "shutdown"]
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -45,6 +45,11 @@ def shutdown() -> None:
 def restart_count() -> int:
     """How often torchrun has restarted this job (``--max-restarts``): 0 on the first attempt."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def run_id() -> str | None:
+    """torchrun's id of this job (the same across its restarts), or ``None`` outside torchrun."""
+    return os.environ.get("TORCHELASTIC_RUN_ID") if in_torchrun() else None
 
 
 @dataclass(frozen=True)
@@ -90,25 +95,26 @@ class Runtime:
             dist.barrier()
 
     def all_reduce(self, t: Tensor, op: str = "sum") -> Tensor:
-        """``t`` reduced over ranks (``sum`` | ``max``), in place and returned; ``t`` itself in one process."""
-        if self.distributed:
-            dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
-        return t
+        """``t`` reduced over ranks (``sum`` | ``max``) and returned, on ``t``'s device (the collective runs
+        on the rank's device: NCCL takes CUDA tensors only); ``t`` itself in one process."""
+        if not self.distributed:
+            return t
+        comm = t.to(self.device) if self.device.type == "cuda" else t
+        dist.all_reduce(comm, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+        return comm.to(t.device)
 
     def agree(self, *values: float) -> list[float]:
         """Rank 0's ``values`` on every rank (one small float64 all-reduce): clocks, stop decisions."""
         if not self.distributed:
             return list(values)
-        t = torch.tensor(values if self.is_main else [0.0] * len(values), dtype=torch.float64,
-                         device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor(values if self.is_main else [0.0] * len(values), dtype=torch.float64)
         return self.all_reduce(t).tolist()
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank: a NaN on one rank stops them all, together."""
         if not self.distributed:
             return flag
-        t = torch.tensor([float(flag)], device=self.device if self.device.type == "cuda" else "cpu")
-        return bool(self.all_reduce(t, "max").item())
+        return bool(self.all_reduce(torch.tensor([float(flag)]), "max").item())
 
 
 def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
@@ -126,7 +132,8 @@ def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
                 raise ValueError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs here: start at "
                                  f"most {torch.cuda.device_count()} processes per node")
             dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
+        if dev.index is not None:
+            torch.cuda.set_device(dev)
     return dev
 
 

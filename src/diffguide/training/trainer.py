@@ -29,7 +29,7 @@ from ..models import build_model
 from ..precision import cpu_has_native_bf16, resolve_precision
 from ..schedule import DiscreteSchedule, get_schedule
 from .config import TrainConfig
-from .distributed import Runtime, init_runtime, restart_count
+from .distributed import Runtime, init_runtime, restart_count, run_id
 from .losses import ClassifierLoss, DiffusionLoss, DistillationLoss
 
 __all__ = ["train", "TrainingDiverged", "resolve_device", "resolve_precision", "cpu_has_native_bf16", "global_batch"]
@@ -131,6 +131,15 @@ def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
         return state, ckpt
     raise ValueError("--resume: no intact checkpoint in " + str(run_dir) + ":\n"
                      + "\n".join(f"  {p.name}: {why}" for p, why in damaged))
+
+
+def _written_by_this_job(ckpt: Path) -> bool:
+    """Whether ``ckpt`` was written by this torchrun job (an earlier attempt of it), not by another run."""
+    job = run_id()
+    try:
+        return job is not None and read_config(ckpt).get("torchrun_run_id") == job
+    except (OSError, ValueError, KeyError):
+        return True  # unreadable: let the resume report the damage and fall back
 
 
 def _step_of(ckpt: Path) -> int:
@@ -235,14 +244,14 @@ def _train(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], *, resume: b
                             foreach=True)
     ema = EMA(net, decay=cfg.ema_decay)
     config = {**dataclasses.asdict(cfg), "model": dataclasses.asdict(cast(Any, net.config)), "kind": kind,
-              "global_batch": G, "world_size": rt.world}
+              "global_batch": G, "world_size": rt.world, "torchrun_run_id": run_id()}
     if isinstance(schedule, DiscreteSchedule) and schedule.name == "diffusers":  # from a file: keep the table
         config["schedule_table"] = list(schedule.lams)
 
     step, elapsed = 0, 0.0
     ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
-    if not resume and ckpt is not None and restart_count() > 0:
-        resume = True  # torchrun restarted the job (--max-restarts): go on from the last checkpoint
+    if not resume and ckpt is not None and restart_count() > 0 and _written_by_this_job(ckpt):
+        resume = True  # torchrun restarted this job (--max-restarts): go on from its last checkpoint
         say(f"restart {restart_count()}: resuming")
     if resume:
         if ckpt is None:
@@ -256,6 +265,12 @@ def _train(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], *, resume: b
         state, ckpt = _resume(run_dir, net, ema, opt, say)
         _check_resumable(state["config"], cfg, rt.world)
         step, elapsed = int(state["step"]), float(state.get("extra", {}).get("elapsed_s", 0.0))
+        main_step, = rt.agree(step)
+        if rt.any(step != main_step):  # e.g. a run directory that is not on a filesystem every rank shares
+            found = f"rank {rt.rank} found step {step} ({ckpt}), rank 0 step {int(main_step)}" \
+                if step != main_step else "another rank found another checkpoint than rank 0"
+            raise ValueError(f"cannot resume: {found}; every rank must see the same run directory {run_dir} "
+                             f"(a filesystem all ranks share)")
         say(f"resumed from {ckpt} at step {step}")
     elif ckpt is not None:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue, "

@@ -83,6 +83,7 @@ def test_a_killed_worker_is_restarted_and_the_job_ends_as_an_uninterrupted_one(t
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-KILL", "-f", f"ddp_worker.py {out}"])  # workers torchrun left behind
     assert job.returncode == 0, output
     assert "restart 1: resuming" in output and "resumed from" in output, output
     a, b = weights(tmp_path / "ref" / "rank0.safetensors"), weights(out / "rank0.safetensors")

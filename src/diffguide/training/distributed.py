@@ -152,5 +152,9 @@ def init_runtime(device: str = "auto", backend: str = "auto") -> Runtime:
         raise ValueError(f"backend nccl needs CUDA devices, but the device is {dev} (--device {device}): use gloo "
                          f"on CPU (--backend gloo, or auto)")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        # torchrun keeps its store across restarts (--max-restarts): a fresh key prefix per attempt, so a
+        # restarted group never reads the dead attempt's addresses
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                store=dist.PrefixStore(f"diffguide/attempt{restart_count()}", store))
     return Runtime(rank=rank, world=world, device=dev, local_rank=local_rank)

@@ -217,9 +217,26 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     return _train(cfg, rt, say, resume=resume, progress=progress and rt.is_main, data=data, on_step=on_step)
 
 
-def _train(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], *, resume: bool, progress: bool,
-           data: ImageData | None, on_step: Callable[[int, float], None] | None) -> Path:
-    run_dir = Path(cfg.out)
+@dataclasses.dataclass
+class _Run:
+    """What :func:`_build` makes: the network (and the module the loss calls: DDP-wrapped, compiled),
+    its loss, optimizer, EMA, batches, the saved config and this rank's micro-batch rows."""
+
+    cfg: TrainConfig
+    rt: Runtime
+    net: nn.Module
+    model: nn.Module
+    loss_fn: Callable[..., Any]
+    opt: torch.optim.Optimizer
+    ema: EMA
+    batches: Batches
+    config: dict[str, Any]
+    micro: list[slice]
+    autocast: Callable[[], Any]
+
+
+def _build(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], data: ImageData | None) -> _Run:
+    """Data, network, loss, optimizer and EMA, the same on every rank (all checks before any work)."""
     device = rt.device
     amp = resolve_precision(cfg.precision, device)
     say(f"device {device}, precision {'bf16 autocast' if amp else 'fp32'}"
@@ -242,73 +259,123 @@ def _train(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], *, resume: b
     net = net.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             foreach=True)
-    ema = EMA(net, decay=cfg.ema_decay)
     config = {**dataclasses.asdict(cfg), "model": dataclasses.asdict(cast(Any, net.config)), "kind": kind,
               "global_batch": G, "world_size": rt.world, "torchrun_run_id": run_id()}
     if isinstance(schedule, DiscreteSchedule) and schedule.name == "diffusers":  # from a file: keep the table
         config["schedule_table"] = list(schedule.lams)
+    mine = rt.rows(G)  # this rank's rows of the global batch, cut into the accumulation's micro-batches
+    micro = [slice(mine.start + k * cfg.batch_size, mine.start + (k + 1) * cfg.batch_size)
+             for k in range(cfg.accumulate)]
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+    return _Run(cfg, rt, net, net, loss_fn, opt, EMA(net, decay=cfg.ema_decay), Batches(data, G, seed=cfg.seed,
+                hflip=cfg.hflip), config, micro, autocast)
 
-    step, elapsed = 0, 0.0
+
+def _restore(run: _Run, resume: bool, say: Callable[..., None]) -> tuple[int, float, bool]:
+    """``(step, elapsed seconds, resumed)``: from the newest intact checkpoint when resuming (every rank
+    the same one), else a fresh start in a run directory without checkpoints."""
+    cfg, rt, run_dir = run.cfg, run.rt, Path(run.cfg.out)
     ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
     if not resume and ckpt is not None and restart_count() > 0 and _written_by_this_job(ckpt):
         resume = True  # torchrun restarted this job (--max-restarts): go on from its last checkpoint
         say(f"restart {restart_count()}: resuming")
-    if resume:
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
-        try:  # a changed config is said as such, before any weights are read (and mistaken for damage)
-            saved = read_config(ckpt)
-        except (OSError, ValueError, KeyError):
-            saved = None  # unreadable: _resume reports the damage and falls back
-        if saved is not None:
-            _check_resumable(saved, cfg, rt.world)
-        state, ckpt = _resume(run_dir, net, ema, opt, say)
-        _check_resumable(state["config"], cfg, rt.world)
-        step, elapsed = int(state["step"]), float(state.get("extra", {}).get("elapsed_s", 0.0))
-        main_step, = rt.agree(step)
-        if rt.any(step != main_step):  # e.g. a run directory that is not on a filesystem every rank shares
-            found = f"rank {rt.rank} found step {step} ({ckpt}), rank 0 step {int(main_step)}" \
-                if step != main_step else "another rank found another checkpoint than rank 0"
-            raise ValueError(f"cannot resume: {found}; every rank must see the same run directory {run_dir} "
-                             f"(a filesystem all ranks share)")
-        say(f"resumed from {ckpt} at step {step}")
-    elif ckpt is not None:
-        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue, "
-                              "or choose another --out")
+    if not resume:
+        if ckpt is not None:
+            raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue, "
+                                  "or choose another --out")
+        return 0, 0.0, False
+    if ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}")
+    try:  # a changed config is said as such, before any weights are read (and mistaken for damage)
+        saved = read_config(ckpt)
+    except (OSError, ValueError, KeyError):
+        saved = None  # unreadable: _resume reports the damage and falls back
+    if saved is not None:
+        _check_resumable(saved, cfg, rt.world)
+    state, ckpt = _resume(run_dir, run.net, run.ema, run.opt, say)
+    _check_resumable(state["config"], cfg, rt.world)
+    step, elapsed = int(state["step"]), float(state.get("extra", {}).get("elapsed_s", 0.0))
+    main_step, = rt.agree(step)
+    if rt.any(step != main_step):  # e.g. a run directory that is not on a filesystem every rank shares
+        found = f"rank {rt.rank} found step {step} ({ckpt}), rank 0 step {int(main_step)}" \
+            if step != main_step else "another rank found another checkpoint than rank 0"
+        raise ValueError(f"cannot resume: {found}; every rank must see the same run directory {run_dir} "
+                         f"(a filesystem all ranks share)")
+    say(f"resumed from {ckpt} at step {step}")
+    return step, elapsed, True
+
+
+def _step(run: _Run, step: int, lr: float) -> tuple[float, dict[str, torch.Tensor], float]:
+    """One optimizer step at ``lr``: ``(this rank's loss, its stats, the gradient norm)``. Stops every rank
+    together, before the update, if the loss is not finite on any of them."""
+    cfg, rt, device = run.cfg, run.rt, run.rt.device
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    with record_function("data"):
+        x, c = run.batches.get(step)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        c = c.to(device, non_blocking=True)
+    run.opt.zero_grad(set_to_none=True)
+    loss_value = 0.0
+    stats: dict[str, torch.Tensor] = {}
+    for k, rows in enumerate(run.micro):
+        # the global batch's randomness, the same on every rank and micro-batch; these rows of it
+        gen = torch.Generator(device).manual_seed(step_seed(cfg.seed, step))
+        with record_function("forward+loss"), run.autocast():
+            loss, part = run.loss_fn(run.model, x, c, gen, rows)
+        value = loss.item()
+        if rt.any(not math.isfinite(value)):  # agreed: every rank stops here, none waits on another
+            last = latest_checkpoint(Path(cfg.out))
+            what = f"loss is {value}" if not math.isfinite(value) else "the loss is not finite on another rank"
+            where = f" (rank {rt.rank})" if rt.distributed else ""
+            raise TrainingDiverged(f"{what}{where} at step {step}; stopped before updating the weights. "
+                                   f"Last good checkpoint: {last or 'none yet'}")
+        sync = rt.distributed and k < len(run.micro) - 1
+        with record_function("backward"), (cast(Any, run.model).no_sync() if sync else contextlib.nullcontext()):
+            (loss / len(run.micro)).backward()
+        loss_value += value / len(run.micro)
+        for key, v in part.items():
+            stats[key] = stats.get(key, 0) + v.detach()
+    with record_function("clip+optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
+        run.opt.step()
+    with record_function("ema"):
+        run.ema.update(run.net)
+    return loss_value, stats, float(grad_norm)
+
+
+def _train(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], *, resume: bool, progress: bool,
+           data: ImageData | None, on_step: Callable[[int, float], None] | None) -> Path:
+    """The loop: build, restore, then steps with logging, checkpoints and the agreed stops."""
+    run_dir = Path(cfg.out)
+    run = _build(cfg, rt, say, data)
+    step, elapsed, resumed = _restore(run, resume, say)
     rt.barrier()  # every rank has read what it needs before rank 0 writes
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        (run_dir / "config.json").write_text(json.dumps(run.config, indent=2))
     say("config: " + json.dumps(dataclasses.asdict(cfg)))
-
-    model: nn.Module = net
     if rt.distributed:
-        model = _DDP(net, device_ids=[device] if device.type == "cuda" else None)
+        run.model = _DDP(run.net, device_ids=[rt.device] if rt.device.type == "cuda" else None)
     if cfg.compile:  # the checkpoints keep the plain network's weights
-        model = cast(nn.Module, torch.compile(model))
-    batches = Batches(data, G, seed=cfg.seed, hflip=cfg.hflip)
+        run.model = cast(nn.Module, torch.compile(run.model))
     log = _Log(run_dir, cfg.tensorboard) if rt.is_main else None
     total = cfg.steps if cfg.steps is not None else None
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, mininterval=2.0)
 
-    saved_step = step if resume else -1
+    saved_step = step if resumed else -1
 
     def save(s: int) -> None:
         nonlocal saved_step
         saved_step = s
         if rt.is_main:
-            save_checkpoint(run_dir, s, model=net, ema=ema, optimizer=opt, config=config,
+            save_checkpoint(run_dir, s, model=run.net, ema=run.ema, optimizer=run.opt, config=run.config,
                             extra={"elapsed_s": elapsed}, keep=cfg.keep)
 
-    # this rank's rows of the global batch, cut into the accumulation's micro-batches
-    mine = rt.rows(G)
-    micro = [slice(mine.start + k * cfg.batch_size, mine.start + (k + 1) * cfg.batch_size)
-             for k in range(cfg.accumulate)]
-    net.train()
+    run.net.train()
     stats_sum: dict[str, torch.Tensor]
     t_log, seen, loss_sum, stats_sum = time.perf_counter(), 0, 0.0, {}
     t_start = time.perf_counter() - elapsed
@@ -320,40 +387,9 @@ def _train(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], *, resume: b
                 break
             frac = elapsed / cfg.time_budget if cfg.time_budget is not None else step / (total or 1)
             lr = lr_at(cfg, step, frac)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with record_function("data"):
-                x, c = batches.get(step)
-                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                c = c.to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            loss_value = 0.0
-            stats: dict[str, torch.Tensor] = {}
-            for k, rows in enumerate(micro):
-                # the global batch's randomness, the same on every rank and micro-batch; these rows of it
-                gen = torch.Generator(device).manual_seed(step_seed(cfg.seed, step))
-                with record_function("forward+loss"), autocast():
-                    loss, part = loss_fn(model, x, c, gen, rows)
-                value = loss.item()
-                if rt.any(not math.isfinite(value)):  # agreed: every rank stops here, none waits on another
-                    last = latest_checkpoint(run_dir)
-                    what = f"loss is {value}" if not math.isfinite(value) else "the loss is not finite on another rank"
-                    where = f" (rank {rt.rank})" if rt.distributed else ""
-                    raise TrainingDiverged(f"{what}{where} at step {step}; stopped before updating the weights. "
-                                           f"Last good checkpoint: {last or 'none yet'}")
-                sync = rt.distributed and k < len(micro) - 1
-                with record_function("backward"), (cast(Any, model).no_sync() if sync else contextlib.nullcontext()):
-                    (loss / len(micro)).backward()
-                loss_value += value / len(micro)
-                for key, v in part.items():
-                    stats[key] = stats.get(key, 0) + v.detach()
-            with record_function("clip+optimizer"):
-                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                opt.step()
-            with record_function("ema"):
-                ema.update(net)
+            loss_value, stats, grad_norm = _step(run, step, lr)
             step += 1
-            seen += G
+            seen += run.batches.batch_size
             loss_sum += loss_value
             for key, v in stats.items():
                 stats_sum[key] = stats_sum.get(key, 0) + v
@@ -365,7 +401,7 @@ def _train(cfg: TrainConfig, rt: Runtime, say: Callable[..., None], *, resume: b
                 now = time.perf_counter()
                 mean_loss = rt.all_reduce(torch.tensor([loss_sum], dtype=torch.float64)).item() / rt.world
                 row = {"step": step, "loss": mean_loss / cfg.log_every, "lr": lr,
-                       "grad_norm": float(grad_norm), "images_per_s": seen / (now - t_log),
+                       "grad_norm": grad_norm, "images_per_s": seen / (now - t_log),
                        "elapsed_s": now - t_start}
                 if "correct_q" in stats_sum:
                     both = rt.all_reduce(torch.stack([stats_sum["correct_q"], stats_sum["count_q"]]).float().cpu())

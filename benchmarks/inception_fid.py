@@ -1,6 +1,7 @@
 """Inception FID beside the domain FID, on the same samples of the shipped MNIST model (issue #20).
 
     python benchmarks/inception_fid.py [--n 2000]     # resumable: samples are cached under out/inception/
+    python benchmarks/inception_fid.py --from-reward  # score the CFG samples of benchmarks/reward_guidance.py
     -> benchmarks/results/inception_fid/{results.md, results.json}
 
 Papers report FID on Inception-v3 pool3 features (the TF 2015 graph, 299 x 299 inputs); diffguide's MNIST
@@ -80,9 +81,28 @@ def reference_timing() -> dict[str, dict[str, float]]:
     return out
 
 
+def reward_samples() -> dict[float, torch.Tensor]:
+    """The CFG points of ``benchmarks/reward_guidance.py`` (500 samples each, UniPC 10 steps, fp32)."""
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import reward_guidance as rg
+
+    got = {}
+    for w in rg.CFG_WS:
+        path = rg.OUT / f"cfg-{w:g}.safetensors"
+        if path.exists():
+            got[w] = load_file(str(path))["x"]
+    if not got:
+        raise SystemExit(f"no CFG samples in {rg.OUT}: run python benchmarks/reward_guidance.py --phase sample")
+    return got
+
+
 def main() -> None:
+    global SAMPLING
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--from-reward", action="store_true", help="score the reward benchmark's CFG samples")
     a = ap.parse_args()
 
     from diffguide.experiments.sweep import feature_net
@@ -90,7 +110,13 @@ def main() -> None:
     from diffguide.metrics.reference_stats import load_reference
 
     timing = reference_timing()
-    xs = samples(a.n)
+    if a.from_reward:
+        import reward_guidance as rg
+
+        xs, SAMPLING = reward_samples(), rg.SAMPLING
+        a.n = len(next(iter(xs.values())))
+    else:
+        xs = samples(a.n)
     labels = torch.arange(a.n) % 10
     nets = {kind: feature_net(kind, (1, 28, 28)) for kind in ("mnist", "inception")}
     refs = {kind: load_reference("mnist:test", net, cache_dir=CACHE) for kind, net in nets.items()}
@@ -105,15 +131,17 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     DEST.mkdir(parents=True, exist_ok=True)
-    (DEST / "results.json").write_text(json.dumps({"command": f"{CMD} --n {a.n}", "cpu": cpu_info(),
+    command = f"{CMD} --from-reward" if a.from_reward else f"{CMD} --n {a.n}"
+    source = "; the CFG points of benchmarks/reward_guidance.py" if a.from_reward else ""
+    (DEST / "results.json").write_text(json.dumps({"command": command, "cpu": cpu_info(),
                                                    "sampling": SAMPLING.describe(), "n": a.n,
                                                    "reference_timing": timing, "rows": rows}, indent=1) + "\n")
     cpu = cpu_info()
     lines = ["# Inception FID beside the domain FID (the same samples)", "",
-             f"Command: `{CMD} --n {a.n}`  ",
+             f"Command: `{command}`  ",
              f"CPU: {cpu['model']}, {torch.get_num_threads()} threads, torch {torch.__version__}  ",
              f"Samples: the shipped MNIST model, CFG, {SAMPLING.describe()}, fp32, {a.n} per weight (labels i mod "
-             f"10, per-sample seeds). Both FIDs against the MNIST test split (10k images), each under its own "
+             f"10, per-sample seeds{source}). Both FIDs against the MNIST test split (10k images), each under its own "
              f"features: the shipped domain evaluator (penultimate layer) and Inception-v3 pool3 (TF 2015 graph, "
              f"uint8-quantised, resized to 299 as the TF FID does).", "",
              "| w | class accuracy | FID (domain) | KID (domain) | FID (Inception) | KID (Inception) | "

@@ -297,7 +297,7 @@ def report(rows: dict[str, dict[str, Any]]) -> None:
     cost_file = DEST_R / "cost.json"
     if cost_file.exists():
         runs = json.loads(cost_file.read_text())["runs"]
-        md += ["", "## Cost per sample (100 samples, one process each, two alternating repeats; median)", "",
+        md += ["", "## Cost per sample (100 samples, one process each, two alternating repeats; the slower one)", "",
                "| point | max_batch | s per sample | x CFG | peak RSS growth (MB) |", "|---|---|---|---|---|"]
         groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
         for r in runs:

@@ -140,7 +140,7 @@ def main() -> None:
     lines = ["# Inception FID beside the domain FID (the same samples)", "",
              f"Command: `{command}`  ",
              f"CPU: {cpu['model']}, {torch.get_num_threads()} threads, torch {torch.__version__}  ",
-             f"Samples: the shipped MNIST model, CFG, {SAMPLING.describe()}, fp32, {a.n} per weight (labels i mod "
+             f"Samples: the shipped MNIST model, CFG, {SAMPLING.describe()}, {a.n} per weight (labels i mod "
              f"10, per-sample seeds{source}). Both FIDs against the MNIST test split (10k images), each under its own "
              f"features: the shipped domain evaluator (penultimate layer) and Inception-v3 pool3 (TF 2015 graph, "
              f"uint8-quantised, resized to 299 as the TF FID does).", "",

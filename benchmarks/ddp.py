@@ -77,10 +77,10 @@ def main() -> None:
 
     ips1, ips2 = mean("train", 1, "images_per_s"), mean("train", 2, "images_per_s")
     t1, t2 = mean("sweep", 1, "seconds"), mean("sweep", 2, "seconds")
-    same = all(a["fid"] == b["fid"] for a, b in zip(res["sweep"][1], res["sweep"][2], strict=True))
+    rel = max(abs(a["fid"] - b["fid"]) / abs(a["fid"]) for a, b in zip(res["sweep"][1], res["sweep"][2], strict=True))
     summary = {"train_images_per_s": {"1": ips1, "2": ips2, "ratio": ips2 / ips1},
                "sweep_seconds": {"1": t1, "2": t2, "speedup": t1 / t2, "efficiency": t1 / t2 / 2},
-               "sweep_fid_equal": same}
+               "sweep_fid_rel_diff": rel}
     DEST.mkdir(parents=True, exist_ok=True)
     (DEST / "results.json").write_text(json.dumps({"command": "python benchmarks/ddp.py", "cpu": cpu_info(),
                                                    "cores": CORES, "runs": res, "summary": summary}, indent=1) + "\n")
@@ -91,8 +91,9 @@ def main() -> None:
           f"| training, `small`, global batch 64 (images/s) | {ips1:.1f} | {ips2:.1f} | {ips2 / ips1:.2f} |",
           f"| sharded sweep, 400 samples, DDIM 10 (s, whole command) | {t1:.1f} | {t2:.1f} | {t2 / t1:.2f} |", "",
           f"Sweep speed-up {t1 / t2:.2f}x on 2 processes: scaling efficiency {t1 / t2 / 2:.0%}. The FIDs of "
-          f"the 1- and 2-process sweeps are {'identical' if same else 'NOT identical'} (the samples are "
-          "bit-identical by construction, tests/test_distributed.py)."]
+          f"the 1- and 2-process sweeps differ by {rel:.1e} (relative): here the two differ in intra-op threads "
+          f"({CORES} against {max(1, CORES // 2)}), which changes float rounding; at equal threads the samples "
+          "and metrics are bit-identical (tests/test_distributed.py)."]
     (DEST / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

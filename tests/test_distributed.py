@@ -4,6 +4,7 @@ rank stops them all. Each launch has its own timeout, so nothing here can hang."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,6 +38,17 @@ def worker(out: Path, nproc: int, *args: str) -> subprocess.CompletedProcess:
     cmd = torchrun(nproc, str(WORKER), str(out), *args) if nproc > 1 else [sys.executable, str(WORKER), str(out),
                                                                             *args]
     return launch(cmd)
+
+
+def processes() -> list[tuple[int, int, str]]:
+    """``(pid, parent pid, NUL-joined command line)`` of every process, from /proc (no procps needed)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                out.append((int(d.name), parent, (d / "cmdline").read_text()))
+    return out
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -74,16 +86,18 @@ def test_a_killed_worker_is_restarted_and_the_job_ends_as_an_uninterrupted_one(t
         while not (log.exists() and len(log.read_text().splitlines()) >= 5):  # past the checkpoint at step 3
             assert job.poll() is None and time.time() - t0 < TIMEOUT, "the job ended before it could be cut"
             time.sleep(0.2)
-        kids = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
-        workers = [int(p) for p in kids if "ddp_worker.py" in Path(f"/proc/{p}/cmdline").read_text()]
-        assert len(workers) == 2, kids
+        workers = [pid for pid, parent, cmd in processes() if parent == job.pid and "ddp_worker.py" in cmd]
+        assert len(workers) == 2, workers
         victim = workers[-1]  # one of the launcher's two workers
         os.kill(victim, signal.SIGKILL)
         output, _ = job.communicate(timeout=TIMEOUT)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-KILL", "-f", f"ddp_worker.py {out}"])  # workers torchrun left behind
+        for pid, _, cmd in processes():  # workers torchrun left behind
+            if f"ddp_worker.py\0{out}" in cmd:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
     assert job.returncode == 0, output
     assert "restart 1: resuming" in output and "resumed from" in output, output
     a, b = weights(tmp_path / "ref" / "rank0.safetensors"), weights(out / "rank0.safetensors")

@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Runtime", "init_runtime", "in_torchrun", "restart_count", "run_id", "process_rank", "shutdown"]
+__all__ = ["Runtime", "init_runtime", "resolve_device", "in_torchrun", "restart_count", "run_id", "process_rank",
+           "shutdown"]
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -117,7 +118,9 @@ class Runtime:
         return bool(self.all_reduce(torch.tensor([float(flag)]), "max").item())
 
 
-def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The device ``name`` (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``) names, checked; under a ``world`` of
+    several processes, each rank's ``cuda:local_rank``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
@@ -142,10 +145,10 @@ def init_runtime(device: str = "auto", backend: str = "auto") -> Runtime:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not in_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return Runtime(device=_resolve_device(device, 0, 1))
+        return Runtime(device=resolve_device(device, 0, 1))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    dev = _resolve_device(device, local_rank, world)
+    dev = resolve_device(device, local_rank, world)
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if backend == "nccl" and dev.type != "cuda":

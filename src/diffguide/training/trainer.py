@@ -29,7 +29,7 @@ from ..models import build_model
 from ..precision import cpu_has_native_bf16, resolve_precision
 from ..schedule import DiscreteSchedule, get_schedule
 from .config import TrainConfig
-from .distributed import Runtime, init_runtime, restart_count, run_id
+from .distributed import Runtime, init_runtime, resolve_device, restart_count, run_id
 from .losses import ClassifierLoss, DiffusionLoss, DistillationLoss
 
 __all__ = ["train", "TrainingDiverged", "resolve_device", "resolve_precision", "cpu_has_native_bf16", "global_batch"]
@@ -37,15 +37,6 @@ __all__ = ["train", "TrainingDiverged", "resolve_device", "resolve_precision", "
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; no update was applied and the last good checkpoint is kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but CUDA is not available here")
-    return dev
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -43,7 +43,7 @@ GUIDES: dict[str, tuple[str, dict[str, Any], int]] = {
     "tiny-1/4": ("tiny", {}, MAIN_STEPS // 4),
 }
 SEARCH_WS = (0.5, 1.0, 2.0, 3.0)
-GUIDE_WS = (0.5, 1.0, 2.0, 3.0)
+GUIDE_WS = (0.2, 0.5, 1.0, 2.0, 3.0)
 CFG_WS = (0.0, 0.2, 0.5, 1.0, 2.0, 3.0)
 SAMPLING = SamplingConfig(sampler="unipc", steps=10)
 RUNS = ROOT / "runs" / "guides"

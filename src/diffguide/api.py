@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable
 from copy import deepcopy
 from pathlib import Path
@@ -71,6 +72,18 @@ def _check_device(module: nn.Module | None, device: torch.device, what: str) -> 
                          f"(module.to(device)), or sample through dg.Pipeline, which does")
 
 
+def _check_distilled_steps(net: nn.Module, cfg: SamplingConfig) -> None:
+    """A progressive student learnt one sampler: deterministic DDIM on its schedule's grid at its step count."""
+    steps = getattr(net, "distilled_steps", None)
+    if steps is None:
+        return
+    eta = getattr(cfg.sampler, "keywords", {}).get("eta", 0.0) if not isinstance(cfg.sampler, str) else 0.0
+    if cfg.name != "ddim" or cfg.steps != steps or cfg.grid not in ("auto", "schedule") or eta:
+        warnings.warn(f"this student was distilled for deterministic DDIM in {steps} steps on the schedule's grid "
+                      f"(sampler='ddim', steps={steps}); sampling it with {cfg.describe()} is not what it learnt",
+                      stacklevel=3)
+
+
 def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Tensor | None = None, *,
                   scale: float | Tensor | None = None, rule: str | Rule = "cfg",
                   w_schedule: str | WSchedule | None = None, interval: Interval | tuple[float, float] | None = None,
@@ -110,6 +123,7 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     w = check_weight(resolve_w(w, scale), "w", minimum=-1.0, batch=N)
     check_combination(rule, cfg, classifier is not None)
     _check_pair(proto, classifier)
+    _check_distilled_steps(net, cfg)
     grid = cfg.lams(schedule or proto.train_schedule)
     shape = tuple(proto.sample_shape)
     seeds = sample_seeds(cfg.seed, N, start=first_index)

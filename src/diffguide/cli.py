@@ -135,9 +135,16 @@ def train_classifier(**kw: Any) -> None:
                                            "default 0,4 as Meng et al.).")
 @click.option("--weighting", "distill_weighting", type=click.Choice(["snr", "truncated-snr"]),
               help="omega(lam) of the x0-space loss: snr (= eps MSE, default) or truncated-snr (max(SNR, 1)).")
-def distill(teacher: str | None, w_range: str | None, **kw: Any) -> None:
-    """Guidance distillation, stage one (Meng et al. 2023): a w-conditioned student of a CFG model that
-    samples with one forward per step."""
+@click.option("--progressive", is_flag=True,
+              help="Stage two: from a stage-one student (--teacher), halve its DDIM steps round by round "
+                   "(Salimans & Ho 2022); --steps is each round's.")
+@click.option("--from-steps", type=int, help="Progressive: the teacher's DDIM steps (e.g. 32).")
+@click.option("--to-steps", type=int, help="Progressive: the last student's DDIM steps (e.g. 4).")
+def distill(teacher: str | None, w_range: str | None, progressive: bool, from_steps: int | None,
+            to_steps: int | None, **kw: Any) -> None:
+    """Guidance distillation (Meng et al. 2023). Stage one: a w-conditioned student of a CFG model that
+    samples with one forward per step. Stage two (--progressive): students of that student for ever fewer
+    DDIM steps, each round's kept as OUT/student-M.safetensors."""
     if teacher == "mnist":
         from .api import ASSETS, BUILTIN
 
@@ -147,7 +154,31 @@ def distill(teacher: str | None, w_range: str | None, **kw: Any) -> None:
         if len(ws) != 2:
             raise click.BadParameter(f"expected w_min,w_max, got {w_range!r}", param_hint="--w-range")
         kw["w_min"], kw["w_max"] = ws
-    _run_training("distill", teacher=teacher, **kw)
+    if not progressive:
+        if from_steps is not None or to_steps is not None:
+            raise click.UsageError("--from-steps and --to-steps are options of --progressive")
+        _run_training("distill", teacher=teacher, **kw)
+        return
+    from .training.config import load_config
+    from .training.distributed import process_rank, shutdown
+    from .training.progressive import distill_progressive
+
+    config_file, resume, export_to, no_progress = (kw.pop(k) for k in ("config_file", "resume", "export_to",
+                                                                      "no_progress"))
+    defaults = {"out": "runs/progressive"} if kw.get("out") is None and config_file is None else {}
+    cfg = load_config(config_file, task="progressive", teacher=teacher, from_steps=from_steps, to_steps=to_steps,
+                      **{**defaults, **kw})
+    made = distill_progressive(cfg, resume=resume, progress=not no_progress,
+                               command=" ".join(["diffguide", *sys.argv[1:]]), say=click.echo)
+    shutdown()
+    if export_to and process_rank() == 0:  # the last student (and its card) under the asked name too
+        from .fileio import atomic_write_bytes
+
+        out = Path(export_to)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for src in (made[-1], made[-1].with_suffix(".json")):
+            atomic_write_bytes(out.with_suffix(src.suffix), src.read_bytes())
+        click.echo(f"the {cfg.to_steps}-step student: {out}")
 
 
 @cli.command()

@@ -9,6 +9,14 @@ builds it). The network protocol says how it is guided: ``w_inside = True`` and 
 trained on; :func:`~diffguide.guidance.guided` then runs the one forward and refuses classifier-free
 guidance on top. The w branch's last layer starts at zero, so a student made by :meth:`from_teacher`
 equals the teacher's conditional prediction exactly at initialisation.
+
+Stage two (progressive distillation, Salimans & Ho 2022, as Meng et al. apply it) makes students of
+such a student for a few deterministic DDIM steps (:meth:`GuidedStudent.from_student`). Those predict
+``v = alpha eps - sigma x0`` (``output = "v"``), from which ``x0 = alpha z - sigma v`` and
+``eps = sigma z + alpha v`` are well conditioned at every ``lam``: an eps-network's
+``x0 = (z - sigma eps) / alpha`` divides by ``alpha ~ 5e-5`` at the noisiest ``lam``, and a few-step
+student's first step is all about that ``x0``. ``steps`` records the DDIM step count a student was
+distilled for.
 """
 
 from __future__ import annotations
@@ -16,12 +24,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..prediction import bcast
+from ..schedule import alpha_sigma
 from .blocks import check_inputs, zero_
 from .unet import UNet, UNetConfig, unet_config
 
@@ -33,19 +43,27 @@ class StudentConfig(UNetConfig):
     """A :class:`UNetConfig` plus the trained guidance range ``w_range = (w_min, w_max)``."""
 
     w_range: tuple[float, float] = (0.0, 4.0)
+    output: str = "eps"
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         lo, hi = (float(v) for v in self.w_range)
         if not (math.isfinite(lo) and math.isfinite(hi) and -1.0 <= lo <= hi):
             raise ValueError(f"w_range must be (w_min, w_max) with -1 <= w_min <= w_max, got {self.w_range!r}")
+        if self.output not in ("eps", "v"):
+            raise ValueError(f"a student's output is 'eps' or 'v', got {self.output!r}")
+        if self.steps is not None and not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ValueError(f"steps (the DDIM steps a student was distilled for) must be a positive integer or "
+                             f"None, got {self.steps!r}")
 
 
 def student_config(preset: str, **fields: Any) -> StudentConfig:
-    """A :class:`StudentConfig` from a U-Net preset and fields (``w_range`` among them)."""
+    """A :class:`StudentConfig` from a U-Net preset and fields (``w_range``, ``output``, ``steps`` among them)."""
+    own: dict[str, Any] = {k: fields.pop(k) for k in ("output", "steps") if k in fields}
     w_range = fields.pop("w_range", (0.0, 4.0))
     base = unet_config(preset, **fields)
-    return StudentConfig(**{**dataclasses.asdict(base), "w_range": tuple(w_range)})
+    return StudentConfig(**{**dataclasses.asdict(base), "w_range": tuple(w_range), **own})
 
 
 class WEmbedding(nn.Module):
@@ -67,7 +85,8 @@ class WEmbedding(nn.Module):
 
 class GuidedStudent(UNet):
     """``forward(z, lam, cond) -> eps`` with ``cond = [[label, w], ...]`` ``(B, 2)``: the teacher's guided
-    prediction at weight ``w`` in one forward (module doc)."""
+    prediction at weight ``w`` in one forward (module doc). :meth:`x0` gives the clean-image prediction,
+    computed the well-conditioned way for a v-student."""
 
     w_inside = True
 
@@ -76,6 +95,8 @@ class GuidedStudent(UNet):
             raise ValueError(f"GuidedStudent needs a StudentConfig, got {type(config).__name__}")
         super().__init__(config)
         self.w_range = (float(config.w_range[0]), float(config.w_range[1]))
+        self.output = config.output
+        self.distilled_steps = config.steps
         self.w_emb = WEmbedding(config.emb_dim)
 
     @classmethod
@@ -91,6 +112,21 @@ class GuidedStudent(UNet):
         student.train_schedule = teacher.train_schedule
         return student
 
+    @classmethod
+    def from_student(cls, teacher: GuidedStudent, steps: int) -> GuidedStudent:
+        """A progressive-distillation student of ``teacher`` for ``steps`` DDIM steps: its weights, with the
+        output read as ``v``. From a v-teacher that is the teacher's function exactly; from a stage-one
+        (eps) teacher it agrees at both ends of ``lam`` (``eps = sigma z + alpha v`` tends to ``z`` and to the
+        network's output) and is corrected in between by the first round."""
+        if not isinstance(teacher, GuidedStudent):
+            raise ValueError(f"progressive distillation starts from a w-conditioned student (diffguide distill, "
+                             f"stage one), got a {type(teacher).__name__}")
+        config = cast(StudentConfig, teacher.config)
+        student = cls(dataclasses.replace(config, output="v", steps=steps))
+        student.load_state_dict(teacher.state_dict())
+        student.train_schedule = teacher.train_schedule
+        return student
+
     def condition(self, labels: Tensor, w: float | Tensor) -> Tensor:
         """The ``(B, 2)`` condition ``[label, w]`` for integer ``labels`` ``(B,)`` and ``w`` (float or ``(B,)``)."""
         ws = torch.as_tensor(w, dtype=torch.float32, device=labels.device).expand(labels.shape[0])
@@ -101,6 +137,21 @@ class GuidedStudent(UNet):
                          "(classifier-free guidance on top of it is not defined)")
 
     def forward(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
+        out = self.raw(z, lam, c)
+        if self.output == "eps":
+            return out
+        alpha, sigma = alpha_sigma(lam)
+        return bcast(sigma, z) * z + bcast(alpha, z) * out  # eps = sigma z + alpha v
+
+    def x0(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
+        """The clean-image prediction: ``alpha z - sigma v`` (v-student) or ``(z - sigma eps) / alpha``."""
+        out, (alpha, sigma) = self.raw(z, lam, c), alpha_sigma(lam)
+        if self.output == "v":
+            return bcast(alpha, z) * z - bcast(sigma, z) * out
+        return (z - bcast(sigma, z) * out) / bcast(alpha, z)
+
+    def raw(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
+        """The network's own output: ``eps`` or ``v`` (``output``)."""
         if c.ndim != 2 or c.shape[1] != 2 or not c.is_floating_point():
             raise ValueError(f"a GuidedStudent's condition is a float (B, 2) tensor of [label, w] rows "
                              f"(GuidedStudent.condition), got {c.dtype} of shape {tuple(c.shape)}")

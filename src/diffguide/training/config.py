@@ -17,7 +17,7 @@ else:  # pragma: no cover
 
 from ..validate import is_positive_int
 
-__all__ = ["TrainConfig", "load_config", "parse_duration", "MIN_TIME_BUDGET_S"]
+__all__ = ["TrainConfig", "load_config", "parse_duration", "halvings", "MIN_TIME_BUDGET_S"]
 
 MIN_TIME_BUDGET_S = 10.0  # below this not even one step and a checkpoint fit reliably
 
@@ -29,18 +29,20 @@ class TrainConfig:
     ``task``: ``"diffusion"`` (eps-MSE with label dropout, CFG paper Alg. 1), ``"classifier"``
     (noise-aware classifier, cross-entropy on noisy inputs) or ``"distill"`` (guidance distillation of
     the CFG model ``teacher`` into a w-conditioned student over ``[w_min, w_max]``, Meng et al. 2023;
-    ``preset`` and ``net`` are then the teacher's). ``steps`` caps the step count;
+    ``preset`` and ``net`` are then the teacher's) or ``"progressive"`` (below). ``steps`` caps the step count;
     ``time_budget`` (seconds) stops on wall-clock time instead, and then warm-up and learning-rate
     decay follow the budget. ``batch_size`` is per process and per micro-batch: a step's global batch
     is ``batch_size x processes x accumulate`` (gradient accumulation over ``accumulate`` micro-batches),
     and a run is defined by its global batch, not by how it is split. ``backend``: the
     ``torch.distributed`` backend under torchrun (``auto``: NCCL on GPUs, gloo on CPU). ``compile``:
-    ``torch.compile`` the network for training (worth it on GPUs; it gave nothing on CPU). ``precision``:
+    ``"progressive"`` (progressive distillation of such a student, Salimans & Ho 2022 as Meng et al.
+    2023 apply it: ``from_steps`` DDIM steps halved round by round down to ``to_steps``; ``steps`` is
+    each round's). ``torch.compile`` the network for training (worth it on GPUs; it gave nothing on CPU). ``precision``:
     ``"auto"`` picks bf16 autocast on CUDA with bf16 and on CPUs with native bf16
     (``avx512_bf16``/``amx_bf16``), fp32 elsewhere.
     """
 
-    task: Literal["diffusion", "classifier", "distill"] = "diffusion"
+    task: Literal["diffusion", "classifier", "distill", "progressive"] = "diffusion"
     out: str = "runs/mnist"
     data: str = "mnist"
     image_size: int | None = None
@@ -74,14 +76,21 @@ class TrainConfig:
     w_min: float = 0.0
     w_max: float = 4.0
     distill_weighting: Literal["snr", "truncated-snr"] = "snr"
+    from_steps: int | None = None
+    to_steps: int | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ValueError:
             return ValueError(f"config {name} = {getattr(self, name)!r} is invalid: expected {want}")
 
-        if self.task not in ("diffusion", "classifier", "distill"):
-            raise bad("task", "'diffusion', 'classifier' or 'distill'")
-        if self.task == "distill":
+        if self.task not in ("diffusion", "classifier", "distill", "progressive"):
+            raise bad("task", "'diffusion', 'classifier', 'distill' or 'progressive'")
+        if self.task == "progressive":
+            if not self.teacher:
+                raise ValueError("progressive distillation needs a teacher: the w-conditioned student of stage one "
+                                 "(teacher = PATH)")
+            halvings(self.from_steps, self.to_steps)
+        if self.task in ("distill", "progressive"):
             if not self.teacher:
                 raise ValueError("distillation needs a teacher: the CFG-trained model to distil (teacher = PATH)")
             lo, hi = self.w_min, self.w_max
@@ -123,6 +132,21 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def halvings(from_steps: Any, to_steps: Any) -> list[tuple[int, int]]:
+    """The rounds ``(N, N/2)`` that take ``from_steps`` DDIM steps to ``to_steps`` by halving."""
+    if not (is_positive_int(from_steps) and is_positive_int(to_steps)):
+        raise ValueError(f"progressive distillation needs from_steps and to_steps, positive integers, got "
+                         f"{from_steps!r} and {to_steps!r}")
+    rounds, n = [], from_steps
+    while n > to_steps and n % 2 == 0:
+        rounds.append((n, n // 2))
+        n //= 2
+    if n != to_steps or not rounds:
+        raise ValueError(f"to_steps = {to_steps} is not reachable by halving from_steps = {from_steps} (each round "
+                         f"halves the step count: e.g. 32 -> 16 -> 8 -> 4)")
+    return rounds
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from ..prediction import bcast
 from ..schedule import Schedule, alpha_sigma
 
-__all__ = ["DiffusionLoss", "ClassifierLoss", "DistillationLoss", "drop_labels", "noise_quartile"]
+__all__ = ["DiffusionLoss", "ClassifierLoss", "DistillationLoss", "ProgressiveLoss", "two_step_target", "drop_labels",
+           "noise_quartile"]
 
 ALL = slice(None)
 
@@ -137,3 +138,82 @@ class DistillationLoss:
         if self.weighting == "truncated-snr":
             err = err * torch.clamp(torch.exp(-lam.float()), min=1.0)  # max(SNR, 1) / SNR
         return err.mean(), {}
+
+
+def _ddim_step(net: nn.Module, z: Tensor, lam: Tensor, lam_next: Tensor, cond: Tensor,
+               clip_x0: float | None) -> Tensor:
+    """One deterministic DDIM step ``lam -> lam_next`` per sample (float64 arithmetic around a float32
+    forward), exactly as :func:`diffguide.samplers.ddim` takes it: ``x0`` (clamped to ``clip_x0``, ``eps``
+    made consistent with it), then ``alpha' x0 + sigma' eps``; a step to ``+inf`` is ``x0``."""
+    (a, s), (a_n, s_n) = alpha_sigma(lam), alpha_sigma(lam_next)
+    a, s, a_n, s_n = (bcast(t, z) for t in (a, s, a_n, s_n))
+    eps = net(z.float(), lam.float(), cond).double()
+    x0 = (z - s * eps) / a
+    if clip_x0 is not None:
+        x0 = x0.clamp(-clip_x0, clip_x0)
+        eps = (z - a * x0) / s
+    return a_n * x0 + s_n * eps  # (1, 0) at lam_next = +inf: x0
+
+
+def two_step_target(teacher: nn.Module, z: Tensor, lams: Tensor, cond: Tensor,
+                    clip_x0: float | None = 1.0) -> Tensor:
+    """Progressive distillation's target (Salimans & Ho 2022, Algorithm 2): the ``x0`` with which one DDIM
+    step ``lams[:, 0] -> lams[:, 2]`` from ``z`` lands where the teacher's two steps through ``lams[:, 1]``
+    do: ``x~ = (z'' - (sigma''/sigma) z) / (alpha'' - (sigma''/sigma) alpha)``; ``z''`` itself when the
+    second step ends at ``+inf``. float64 ``(B, ...)``."""
+    z = z.double()
+    z2 = _ddim_step(teacher, _ddim_step(teacher, z, lams[:, 0], lams[:, 1], cond, clip_x0), lams[:, 1], lams[:, 2],
+                    cond, clip_x0)
+    s, (a_n, s_n) = alpha_sigma(lams[:, 0])[1], alpha_sigma(lams[:, 2])
+    ratio = s_n / s
+    # alpha'' - ratio alpha = alpha'' (1 - exp((lam - lam'') / 2)) > 0: lam < lam''
+    denom = -a_n * torch.expm1((lams[:, 0] - lams[:, 2]) / 2)
+    return (z2 - bcast(ratio, z) * z) / bcast(denom, z)
+
+
+@dataclass(frozen=True, eq=False)
+class ProgressiveLoss:
+    """One round of progressive distillation of a w-conditioned student (Salimans & Ho 2022, Algorithm 2;
+    Meng et al. 2023, stage two): the student's one DDIM step from ``z`` at a point of its ``steps``-step
+    grid matches the frozen teacher's two steps on the grid of twice as many (:func:`two_step_target`).
+
+    ``grid``: the teacher's float64 sampling grid, ``2 steps`` finite ``lam`` then ``+inf`` (the student's
+    is every other point). Per sample: a student step ``k ~ U{0..steps-1}``, ``w ~ U[w_range]``,
+    ``z = alpha x + sigma eps`` at its ``lam``. Loss: the x0 error weighted by ``max(SNR, 1)`` (truncated
+    SNR weighting, Salimans & Ho 2022, Sec. 4). The teacher runs in fp32 even under autocast: an eps
+    teacher's ``x0`` at ``lam = -20`` needs it. ``clip_x0``: as the sampler's (DDIM's default 1)."""
+
+    teacher: nn.Module
+    grid: Tensor
+    w_range: tuple[float, float] = (0.0, 4.0)
+    clip_x0: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        n = self.grid.numel()
+        if n < 3 or n % 2 == 0 or self.grid[-1] != math.inf:
+            raise ValueError(f"the teacher's grid needs an even number of finite steps then +inf, got {n} points")
+
+    @property
+    def steps(self) -> int:
+        return (self.grid.numel() - 1) // 2
+
+    def __call__(self, net: nn.Module, x: Tensor, c: Tensor, generator: torch.Generator,
+                 rows: slice = ALL) -> tuple[Tensor, dict]:
+        B, dev = x.shape[0], generator.device
+        k = torch.randint(self.steps, (B,), generator=generator, device=dev).to(x.device)
+        lo, hi = self.w_range
+        w = (lo + (hi - lo) * torch.rand(B, generator=generator, device=dev)).to(x.device)
+        grid = self.grid.to(x.device)
+        lams = torch.stack([grid[2 * k], grid[2 * k + 1], grid[2 * k + 2]], dim=1)  # (B, 3) float64
+        eps = torch.randn(x.shape, generator=generator, device=dev).to(x.device)
+        lams, c, w, x, eps = lams[rows], c[rows], w[rows], x[rows], eps[rows]
+        a, s = alpha_sigma(lams[:, 0])
+        z = bcast(a, x) * x.double() + bcast(s, x) * eps.double()  # float64: the target's own z
+        student = cast(Any, net)
+        cond = student.condition(c, w)
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            target = two_step_target(self.teacher, z, lams, cond, self.clip_x0)
+        x0 = student.x0(z.float(), lams[:, 0].float(), cond).float()
+        err = (x0 - target.float()).pow(2).flatten(1).mean(1)
+        weight = torch.clamp(torch.exp(lams[:, 0]), min=1.0).float()  # max(SNR, 1)
+        return (err * weight).mean(), {}

@@ -30,7 +30,7 @@ from ..precision import cpu_has_native_bf16, resolve_precision
 from ..schedule import DiscreteSchedule, get_schedule
 from .config import TrainConfig
 from .distributed import Runtime, init_runtime, resolve_device, restart_count, run_id
-from .losses import ClassifierLoss, DiffusionLoss, DistillationLoss
+from .losses import ClassifierLoss, DiffusionLoss, DistillationLoss, ProgressiveLoss
 
 __all__ = ["train", "TrainingDiverged", "resolve_device", "resolve_precision", "cpu_has_native_bf16", "global_batch"]
 
@@ -152,14 +152,8 @@ def _classifier_task(cfg: TrainConfig, data: ImageData, schedule: Any, device: t
     return net, ClassifierLoss(schedule, cfg.p_clean), "classifier"
 
 
-def _distill_task(cfg: TrainConfig, data: ImageData, schedule: Any, device: torch.device) -> tuple[Any, Any, str]:
-    from ..models import load_model
-    from ..nets import GuidedStudent, UNet
-
-    teacher = load_model(cast(str, cfg.teacher))
-    if not isinstance(teacher, UNet) or isinstance(teacher, GuidedStudent) or not teacher.num_classes:
-        raise ValueError(f"the teacher {cfg.teacher} is not a class-conditional CFG diffusion model (a diffguide "
-                         f"U-Net trained with label dropout, with a null label)")
+def _check_teacher(teacher: Any, cfg: TrainConfig, data: ImageData) -> None:
+    """A teacher makes the data's images and classes, on the config's schedule."""
     shape = (data.channels, data.image_size, data.image_size)
     if tuple(teacher.sample_shape) != shape or teacher.num_classes != data.num_classes:
         raise ValueError(f"the teacher makes {'x'.join(map(str, teacher.sample_shape))} samples of "
@@ -169,13 +163,55 @@ def _distill_task(cfg: TrainConfig, data: ImageData, schedule: Any, device: torc
     if "schedule_table" not in taught and taught.get("schedule", "continuous") != cfg.schedule:
         raise ValueError(f"the teacher was trained on the {taught.get('schedule')!r} schedule, but the distillation "
                          f"config says {cfg.schedule!r}: give --schedule {taught.get('schedule')}")
+
+
+def _distill_task(cfg: TrainConfig, data: ImageData, schedule: Any, device: torch.device) -> tuple[Any, Any, str]:
+    from ..models import load_model
+    from ..nets import GuidedStudent, UNet
+
+    teacher = load_model(cast(str, cfg.teacher))
+    if not isinstance(teacher, UNet) or isinstance(teacher, GuidedStudent) or not teacher.num_classes:
+        raise ValueError(f"the teacher {cfg.teacher} is not a class-conditional CFG diffusion model (a diffguide "
+                         f"U-Net trained with label dropout, with a null label)")
+    _check_teacher(teacher, cfg, data)
     student = GuidedStudent.from_teacher(teacher, (cfg.w_min, cfg.w_max))
     teacher = teacher.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)  # type: ignore[call-overload]
     return student, DistillationLoss(teacher, schedule, (cfg.w_min, cfg.w_max), cfg.distill_weighting), "student"
 
 
+def _progressive_task(cfg: TrainConfig, data: ImageData, schedule: Any, device: torch.device) -> tuple[Any, Any, str]:
+    """One round ``from_steps -> to_steps = from_steps / 2`` (:func:`diffguide.training.progressive.distill_progressive`
+    runs the rounds)."""
+    from ..models import load_model
+    from ..nets import GuidedStudent
+    from ..schedule import sampling_grid
+
+    n, m = cast(int, cfg.from_steps), cast(int, cfg.to_steps)
+    if n != 2 * m:
+        raise ValueError(f"a training run is one round, N -> N/2 steps; {n} -> {m} is several: run them with "
+                         f"diffguide distill --progressive (distill_progressive)")
+    teacher = load_model(cast(str, cfg.teacher))
+    if not isinstance(teacher, GuidedStudent):
+        raise ValueError(f"the teacher {cfg.teacher} is not a w-conditioned student: progressive distillation "
+                         f"starts from stage one's (diffguide distill)")
+    if teacher.distilled_steps is not None and teacher.distilled_steps != n:
+        raise ValueError(f"the teacher {cfg.teacher} was distilled for {teacher.distilled_steps} steps, not {n}")
+    if (cfg.w_min, cfg.w_max) != teacher.w_range:
+        raise ValueError(f"progressive rounds keep the teacher's w range {list(teacher.w_range)}, but the config "
+                         f"says [{cfg.w_min}, {cfg.w_max}]")
+    _check_teacher(teacher, cfg, data)
+    grid, coarse = sampling_grid(schedule, n), sampling_grid(schedule, m)
+    if not torch.allclose(grid[::2], coarse, rtol=1e-12, atol=1e-12):
+        raise ValueError(f"the {cfg.schedule} schedule's {m}-step grid is not every other point of its {n}-step "
+                         f"grid: its students could not take two teacher steps at a time")
+    student = GuidedStudent.from_student(teacher, m)
+    teacher = teacher.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)  # type: ignore[call-overload]
+    return student, ProgressiveLoss(teacher, grid, teacher.w_range), "student"
+
+
 # the trainer's tasks: the network to train, its loss and the model kind it is saved as
-TASKS: dict[str, Task] = {"diffusion": _diffusion_task, "classifier": _classifier_task, "distill": _distill_task}
+TASKS: dict[str, Task] = {"diffusion": _diffusion_task, "classifier": _classifier_task, "distill": _distill_task,
+                          "progressive": _progressive_task}
 
 
 class _DDP(torch.nn.parallel.DistributedDataParallel):

@@ -71,3 +71,16 @@ def test_a_pipeline_with_a_guide_samples_autoguided():
     weaker = build_model("diffusion", "tiny", channels=1, image_size=8, num_classes=3).eval()
     other = Pipeline(net, guide=weaker).sample(labels, 1.5, steps=4, sampler="dpmpp-2m")
     assert (other - cfg).abs().max() > 1e-3
+
+
+def test_the_shipped_mnist_guide_loads_by_name_and_guides_with_one_forward_per_network():
+    import diffguide as dg
+
+    pipe = dg.load("mnist", guide="mnist")
+    main, guide = (sum(p.numel() for p in m.parameters()) for m in (pipe.net, pipe.guide))
+    assert guide < main / 10 and pipe.guide.meta["step"] == 1250  # the tiny preset, 1/4 of the 5000 steps
+    counter: dict[str, int] = {}
+    labels = torch.tensor([3, 7])
+    x = pipe.sample(labels, 1.0, sampler="ddim", steps=3, counter=counter)
+    assert counter["forwards"] == 2 * 3  # per step: the main network and the guide, each one batched forward
+    assert not torch.equal(x, dg.load("mnist").sample(labels, 1.0, sampler="ddim", steps=3))  # not CFG

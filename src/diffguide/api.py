@@ -27,10 +27,11 @@ from .sampling import SamplingConfig, takers
 from .schedule import Schedule
 
 __all__ = ["Pipeline", "load", "sample_images", "check_combination", "default_max_batch", "ASSETS", "BUILTIN",
-           "CPU_MAX_BATCH"]
+           "BUILTIN_GUIDES", "CPU_MAX_BATCH"]
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors")}
+BUILTIN_GUIDES = {"mnist": "mnist_guide_tiny.safetensors"}  # autoguidance guides of the built-in models
 # On CPU a forward's cost per row grows with its size once activations outgrow the caches: the shipped
 # U-Net costs more per row at 1000 rows than at 128 (benchmarks/results/sampling_speed.md), so
 # CPU forwards are cut into chunks of this many rows by default. Accelerators take the whole batch.
@@ -224,7 +225,8 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
          guide: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
     """``"mnist"`` (the shipped CFG model and classifier), or a path to an exported ``.safetensors``
     file, a checkpoint or a run directory (``classifier`` and ``guide``, an autoguidance guide,
-    likewise, optional). A local
+    likewise, optional; ``guide="mnist"``: the shipped guide of the MNIST model, the ``tiny`` preset at 1/4
+    of its training). A local
     diffusers ``save_pretrained`` folder (a ``UNet2DModel`` and its scheduler) loads through
     :mod:`diffguide.nets.diffusers_adapter` (network or guide)."""
     clf = None
@@ -239,7 +241,9 @@ def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = 
         net = _load_network(name_or_path)
     if classifier is not None:
         clf = load_model(classifier)
-    gd = _load_network(guide) if guide is not None else None
+    gd = None
+    if guide is not None:
+        gd = load_model(ASSETS / BUILTIN_GUIDES[str(guide)]) if str(guide) in BUILTIN_GUIDES else _load_network(guide)
     for m, kinds in ((net, ("diffusion", "student")), (clf, ("classifier",)), (gd, ("diffusion",))):
         if m is None:
             continue

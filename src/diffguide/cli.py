@@ -154,12 +154,15 @@ def distill(teacher: str | None, w_range: str | None, progressive: bool, from_st
         if len(ws) != 2:
             raise click.BadParameter(f"expected w_min,w_max, got {w_range!r}", param_hint="--w-range")
         kw["w_min"], kw["w_max"] = ws
+    from .training.config import load_config
+
+    if not progressive and kw.get("config_file"):  # a config file of the progressive task says so itself
+        progressive = load_config(kw["config_file"], teacher=teacher).task == "progressive"
     if not progressive:
         if from_steps is not None or to_steps is not None:
             raise click.UsageError("--from-steps and --to-steps are options of --progressive")
         _run_training("distill", teacher=teacher, **kw)
         return
-    from .training.config import load_config
     from .training.distributed import process_rank, shutdown
     from .training.progressive import distill_progressive
 
@@ -383,8 +386,9 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 @click.option("--checkpoint", default="mnist", show_default=True,
               help="'mnist' (shipped), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
-@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model (exported .safetensors, "
-                                         "checkpoint or run dir) under the same label, instead of the null label.")
+@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model ('mnist': the shipped "
+                                         "guide; an exported .safetensors, checkpoint or run dir) under the same "
+                                         "label, instead of the null label.")
 @click.option("--w", "w_text", help="Guidance weights w, the CFG paper's (0 = conditional model).  [default: 0,1,3; "
                                     "0 with --unconditional or an unconditional model]")
 @click.option("--scale", "scale_text", help="Guidance scales s = 1 + w (diffusers' guidance_scale), instead of --w.")
@@ -571,8 +575,9 @@ def _metrics_opts(fn: Any) -> Any:
 @click.option("--checkpoint", default="mnist", show_default=True,
               help="'mnist' (shipped), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
-@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model (exported .safetensors, "
-                                         "checkpoint or run dir) under the same label, instead of the null label.")
+@click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model ('mnist': the shipped "
+                                         "guide; an exported .safetensors, checkpoint or run dir) under the same "
+                                         "label, instead of the null label.")
 @click.option("--w", "w_text", help="Guidance weights w (the CFG paper's); each is run with --guidance and no "
                                     "classifier guidance.  [default: 0,0.1,0.2,0.3,0.5,1,2,3,4]")
 @click.option("--scale", "scale_text", help="Guidance scales s = 1 + w instead of --w (CFG++: its lambda).")

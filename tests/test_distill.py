@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from diffguide.api import Pipeline
+from diffguide.checkpoint import save_weights
 from diffguide.guidance import guided
-from diffguide.models import export_model, load_model
+from diffguide.models import build_model, export_model, load_model
 from diffguide.nets import GuidedStudent
 from diffguide.samplers import ddim, unipc
 from diffguide.training.config import TrainConfig
@@ -113,6 +115,11 @@ def test_bad_distillation_input_is_refused_before_any_work(tmp_path, teacher_fil
     clf = export_model(train(clf_cfg, data=tiny_data(), progress=False), tmp_path / "clf.safetensors")
     with pytest.raises(ValueError, match="is not a class-conditional CFG diffusion model"):
         train(distill_cfg(tmp_path, clf, "bad"), data=tiny_data(), progress=False)
+    uncond = build_model("diffusion", "tiny", channels=1, image_size=8, num_classes=0)  # no null label to guide from
+    save_weights(tmp_path / "uncond.safetensors", uncond,
+                 {"kind": "diffusion", "model": dataclasses.asdict(uncond.config), "train": {}})
+    with pytest.raises(ValueError, match="is not a class-conditional CFG diffusion model"):
+        train(distill_cfg(tmp_path, tmp_path / "uncond.safetensors", "bad"), data=tiny_data(), progress=False)
     assert not (tmp_path / "bad").exists()  # refused before the run directory was made
 
 

@@ -1,12 +1,13 @@
 """A training job for tests/test_distributed.py, started by torchrun (or plainly, as one process).
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT [--batch B] [--accumulate A]
-        [--steps S] [--nan-at STEP] [--slow SECONDS] [--time-budget SECONDS]
+        [--steps S] [--nan-at STEP] [--slow SECONDS] [--time-budget SECONDS] [--teacher STUDENT]
 
 Trains the ``tiny`` U-Net (no dropout) on 64 8x8 images in three classes. After every step each rank
 checks that all ranks hold the same weights (an all-gathered float64 checksum) and, at the end, writes
 its own weights to ``OUT/rank<r>.safetensors``. ``--nan-at`` makes the loss NaN on the last rank alone at
-that step; ``--slow`` sleeps after each step (so a test can kill a worker mid-run).
+that step; ``--slow`` sleeps after each step (so a test can kill a worker mid-run). ``--teacher``: train a
+round of progressive distillation (4 -> 2 steps) of that stage-one student instead.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float)
     ap.add_argument("--nan-at", type=int)
     ap.add_argument("--slow", type=float, default=0.0)
+    ap.add_argument("--teacher")
     a = ap.parse_args()
     held: dict[str, torch.nn.Module] = {}
-    base = trainer.TASKS["diffusion"]
+    kind_of_run = "progressive" if a.teacher else "diffusion"
+    base = trainer.TASKS[kind_of_run]
 
     def task(cfg, data, schedule, device):  # the usual task, keeping the network for the checks
         net, loss, kind = base(cfg, data, schedule, device)
@@ -58,7 +61,7 @@ def main() -> None:
 
         return net, nan_on_last_rank, kind
 
-    trainer.TASKS["diffusion"] = task
+    trainer.TASKS[kind_of_run] = task
 
     def in_sync(step: int, loss: float) -> None:
         total = torch.stack([p.detach().double().sum() for p in held["net"].parameters()]).sum().reshape(1)
@@ -71,7 +74,9 @@ def main() -> None:
     cfg = TrainConfig(out=str(Path(a.out) / "run"), preset="tiny", net={"dropout": 0.0}, batch_size=a.batch,
                       accumulate=a.accumulate, steps=a.steps if a.time_budget is None else None,
                       time_budget=a.time_budget, lr=2e-3, warmup=2, log_every=1, ckpt_every=a.ckpt_every,
-                      precision="fp32", device="cpu", seed=3)
+                      precision="fp32", device="cpu", seed=3,
+                      **({"task": "progressive", "teacher": a.teacher, "from_steps": 4, "to_steps": 2} if a.teacher
+                         else {}))
     trainer.train(cfg, progress=False, data=tiny_data(n=64, size=8), on_step=in_sync)
     net = held["net"]
     save_file({k: v.contiguous() for k, v in net.state_dict().items()},

@@ -74,6 +74,30 @@ def test_two_processes_equal_one_with_the_same_global_batch_and_stay_in_sync(tmp
     assert "global batch 16 = 8 per process x 2" in two.stdout
 
 
+def test_progressive_distillation_under_ddp_equals_one_process(tmp_path):
+    """The student's x0 prediction goes through DDP's forward, so its gradients are all-reduced."""
+    import dataclasses
+
+    from diffguide.checkpoint import save_weights
+    from diffguide.models import build_model
+    from diffguide.nets import GuidedStudent
+
+    torch.manual_seed(0)
+    student = GuidedStudent.from_teacher(build_model("diffusion", "tiny", channels=1, image_size=8, num_classes=3,
+                                                     overrides={"dropout": 0.0}), (0.0, 4.0))
+    torch.nn.init.normal_(student.w_emb.mlp[-1].weight, std=0.05)
+    teacher = save_weights(tmp_path / "stage_one.safetensors", student,
+                           {"kind": "student", "model": dataclasses.asdict(student.config), "train": {}})
+    two = worker(tmp_path / "two", 2, "--batch", "8", "--steps", "4", "--teacher", str(teacher))
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = worker(tmp_path / "one", 1, "--batch", "16", "--steps", "4", "--teacher", str(teacher))
+    assert one.returncode == 0, one.stdout + one.stderr
+    r0, w = weights(tmp_path / "two" / "rank0.safetensors"), weights(tmp_path / "one" / "rank0.safetensors")
+    assert max((w[k].double() - r0[k].double()).abs().max().item() for k in r0) < 1e-5
+    moved = weights(tmp_path / "one" / "rank0.safetensors")
+    assert any(not torch.equal(moved[k], student.state_dict()[k]) for k in moved)  # it trained
+
+
 def test_a_killed_worker_is_restarted_and_the_job_ends_as_an_uninterrupted_one(tmp_path):
     ref = worker(tmp_path / "ref", 2, "--steps", "10", "--ckpt-every", "3")
     assert ref.returncode == 0, ref.stdout + ref.stderr

@@ -52,7 +52,7 @@ def test_a_v_student_predicts_x0_and_eps_consistently_and_copies_a_v_teacher_exa
     c = v1.condition(torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]))
     with torch.no_grad():
         v1.double()
-        eps, x0 = v1(z, lam.double(), c), v1.x0(z, lam.double(), c)
+        eps, x0 = v1(z, lam.double(), c), v1(z, lam.double(), c, predict="x0")
         assert torch.allclose(x0_from_eps(z, eps, lam.double()), x0, atol=1e-9)  # x0 = alpha z - sigma v
         assert torch.equal(v2.double()(z, lam.double(), c), eps)  # a v-teacher's student starts as it
     assert (v1.output, v1.distilled_steps, v2.distilled_steps) == ("v", 4, 2)
@@ -113,12 +113,15 @@ def test_progressive_distillation_resumes_exactly_within_and_across_rounds(tmp_p
                 raise KeyboardInterrupt
         return on_step
 
-    for k in (7, 12):  # round one at its step 7 (after the checkpoint at 5); then round two at its step 7
+    # round one at its step 7 (after its checkpoint at 5); resumed, it runs steps 6..12 (calls 1..7), so call
+    # 14 is round two's step 7, after its checkpoint at 5: the last run resumes within round two
+    for k in (7, 14):
         calls["n"] = 0
         with pytest.raises(KeyboardInterrupt):
             distill_progressive(pd_cfg(tmp_path, stage_one, "part"), data=tiny_data(), progress=False,
                                 resume=k != 7, on_step=crash_at(k), say=lambda s: None)
     assert student_file(tmp_path / "part", 4).exists() and not student_file(tmp_path / "part", 2).exists()
+    assert (tmp_path / "part" / "round-4-to-2" / "ckpt-00000005").is_dir()
     part = distill_progressive(pd_cfg(tmp_path, stage_one, "part"), data=tiny_data(), progress=False, resume=True,
                                say=lambda s: None)
     for a_file, b_file in zip(full, part, strict=True):

@@ -79,10 +79,10 @@ def _check_distilled_steps(net: nn.Module, cfg: SamplingConfig) -> None:
     if steps is None:
         return
     eta = getattr(cfg.sampler, "keywords", {}).get("eta", 0.0) if not isinstance(cfg.sampler, str) else 0.0
-    if cfg.name != "ddim" or cfg.steps != steps or cfg.grid not in ("auto", "schedule") or eta:
+    if cfg.name != "ddim" or cfg.steps != steps or cfg.grid not in ("auto", "schedule") or eta or cfg.clip_x0 != 1.0:
         warnings.warn(f"this student was distilled for deterministic DDIM in {steps} steps on the schedule's grid "
-                      f"(sampler='ddim', steps={steps}); sampling it with {cfg.describe()} is not what it learnt",
-                      stacklevel=3)
+                      f"with x0 clipped to [-1, 1] (sampler='ddim', steps={steps}, clip_x0=1); sampling it with "
+                      f"{cfg.describe()}, clip_x0={cfg.clip_x0} is not what it learnt", stacklevel=3)
 
 
 def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Tensor | None = None, *,

@@ -15,7 +15,9 @@ such a student for a few deterministic DDIM steps (:meth:`GuidedStudent.from_stu
 ``v = alpha eps - sigma x0`` (``output = "v"``), from which ``x0 = alpha z - sigma v`` and
 ``eps = sigma z + alpha v`` are well conditioned at every ``lam``: an eps-network's
 ``x0 = (z - sigma eps) / alpha`` divides by ``alpha ~ 5e-5`` at the noisiest ``lam``, and a few-step
-student's first step is all about that ``x0``. ``steps`` records the DDIM step count a student was
+student's first step is all about that ``x0``. (The samplers take ``eps`` and divide again; from a
+v-student's float32 ``eps`` that ``x0`` is off by at most ~3e-3 at ``lam = -20``, and the training
+targets go through the same samplers' arithmetic.) ``steps`` records the DDIM step count a student was
 distilled for.
 """
 
@@ -85,8 +87,8 @@ class WEmbedding(nn.Module):
 
 class GuidedStudent(UNet):
     """``forward(z, lam, cond) -> eps`` with ``cond = [[label, w], ...]`` ``(B, 2)``: the teacher's guided
-    prediction at weight ``w`` in one forward (module doc). :meth:`x0` gives the clean-image prediction,
-    computed the well-conditioned way for a v-student."""
+    prediction at weight ``w`` in one forward (module doc); ``predict="x0"`` gives the clean-image
+    prediction, computed the well-conditioned way for a v-student."""
 
     w_inside = True
 
@@ -136,19 +138,17 @@ class GuidedStudent(UNet):
         raise ValueError("a distilled student carries w inside: it has no null condition to guide away from "
                          "(classifier-free guidance on top of it is not defined)")
 
-    def forward(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
-        out = self.raw(z, lam, c)
-        if self.output == "eps":
-            return out
-        alpha, sigma = alpha_sigma(lam)
-        return bcast(sigma, z) * z + bcast(alpha, z) * out  # eps = sigma z + alpha v
-
-    def x0(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
-        """The clean-image prediction: ``alpha z - sigma v`` (v-student) or ``(z - sigma eps) / alpha``."""
+    def forward(self, z: Tensor, lam: Tensor, c: Tensor, predict: str = "eps") -> Tensor:
+        """``eps`` (the network protocol's), or with ``predict="x0"`` the clean-image prediction: ``alpha z -
+        sigma v`` for a v-student, ``(z - sigma eps) / alpha`` for an eps one. One entry point, so that
+        DistributedDataParallel and ``torch.compile`` see every training forward."""
+        if predict not in ("eps", "x0"):
+            raise ValueError(f"predict must be 'eps' or 'x0', got {predict!r}")
         out, (alpha, sigma) = self.raw(z, lam, c), alpha_sigma(lam)
-        if self.output == "v":
-            return bcast(alpha, z) * z - bcast(sigma, z) * out
-        return (z - bcast(sigma, z) * out) / bcast(alpha, z)
+        a, s = bcast(alpha, z), bcast(sigma, z)
+        if predict == "eps":
+            return out if self.output == "eps" else s * z + a * out  # eps = sigma z + alpha v
+        return a * z - s * out if self.output == "v" else (z - s * out) / a
 
     def raw(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
         """The network's own output: ``eps`` or ``v`` (``output``)."""

@@ -85,6 +85,9 @@ class TrainConfig:
 
         if self.task not in ("diffusion", "classifier", "distill", "progressive"):
             raise bad("task", "'diffusion', 'classifier', 'distill' or 'progressive'")
+        if self.task != "progressive" and (self.from_steps is not None or self.to_steps is not None):
+            raise ValueError(f"from_steps and to_steps are for task 'progressive' (progressive distillation), not "
+                             f"{self.task!r}")
         if self.task == "progressive":
             if not self.teacher:
                 raise ValueError("progressive distillation needs a teacher: the w-conditioned student of stage one "

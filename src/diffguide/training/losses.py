@@ -213,7 +213,7 @@ class ProgressiveLoss:
         cond = student.condition(c, w)
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             target = two_step_target(self.teacher, z, lams, cond, self.clip_x0)
-        x0 = student.x0(z.float(), lams[:, 0].float(), cond).float()
+        x0 = net(z.float(), lams[:, 0].float(), cond, predict="x0").float()  # through forward: DDP syncs it
         err = (x0 - target.float()).pow(2).flatten(1).mean(1)
         weight = torch.clamp(torch.exp(lams[:, 0]), min=1.0).float()  # max(SNR, 1)
         return (err * weight).mean(), {}

@@ -42,7 +42,8 @@ def distill_progressive(cfg: TrainConfig, *, resume: bool = False, progress: boo
     rounds = halvings(cfg.from_steps, cfg.to_steps)
     rt = init_runtime(cfg.device, cfg.backend)
     teacher, out = str(cfg.teacher), Path(cfg.out)
-    if cfg.w_min == TrainConfig.w_min and cfg.w_max == TrainConfig.w_max:  # not given: the teacher's range
+    if (cfg.w_min, cfg.w_max) == (TrainConfig.w_min, TrainConfig.w_max):  # the default: the teacher's range
+        # (a range that is neither the default nor the teacher's is refused by the round's task)
         lo, hi = getattr(load_model(teacher), "w_range", (cfg.w_min, cfg.w_max))
         cfg = cfg.replace(w_min=lo, w_max=hi)
     made = []
@@ -60,9 +61,9 @@ def distill_progressive(cfg: TrainConfig, *, resume: bool = False, progress: boo
         if rt.is_main:
             wall = time.time() - t0
             cmd = command or f"distill_progressive(from_steps={cfg.from_steps}, to_steps={cfg.to_steps})"
+            write_model_card(run, export, command=cmd, wall_time_s=wall)  # the card first: the export marks done
             export_model(run, export, card={"command": cmd, "round": f"{n} -> {m} DDIM steps",
                                             "wall_time_s": round(wall, 1)})
-            write_model_card(run, export, command=cmd, wall_time_s=wall)
             say(f"round {n} -> {m}: {wall:.0f} s; student {export}")
         rt.barrier()  # the export is on disk before any rank loads it as the next teacher
         teacher = str(export)

@@ -200,8 +200,11 @@ def _progressive_task(cfg: TrainConfig, data: ImageData, schedule: Any, device: 
         raise ValueError(f"progressive rounds keep the teacher's w range {list(teacher.w_range)}, but the config "
                          f"says [{cfg.w_min}, {cfg.w_max}]")
     _check_teacher(teacher, cfg, data)
+    if device.type == "mps":
+        raise ValueError("progressive distillation computes its targets in float64, which MPS does not have: "
+                         "use --device cpu or cuda")
     grid, coarse = sampling_grid(schedule, n), sampling_grid(schedule, m)
-    if not torch.allclose(grid[::2], coarse, rtol=1e-12, atol=1e-12):
+    if grid[::2].shape != coarse.shape or not torch.allclose(grid[::2], coarse, rtol=1e-12, atol=1e-12):
         raise ValueError(f"the {cfg.schedule} schedule's {m}-step grid is not every other point of its {n}-step "
                          f"grid: its students could not take two teacher steps at a time")
     student = GuidedStudent.from_student(teacher, m)

@@ -145,3 +145,16 @@ def test_the_cli_distils_and_samples_a_student(tmp_path, teacher_file, monkeypat
     res = CliRunner().invoke(cli, ["distill", "--teacher", str(teacher_file), "--w-range", "1", "--out",
                                    str(tmp_path / "x")])
     assert res.exit_code == 2 and "expected w_min,w_max" in res.output
+
+
+def test_the_shipped_student_loads_by_name_and_samples_with_one_forward_per_step():
+    import diffguide as dg
+
+    pipe = dg.load("mnist-student")
+    assert isinstance(pipe.net, GuidedStudent) and pipe.net.w_range == (0.0, 4.0) and pipe.net.output == "eps"
+    assert pipe.net.meta["step"] == 3000 and pipe.classifier is not None
+    counter: dict[str, int] = {}
+    x = pipe.sample(torch.tensor([1, 8]), 2.0, sampler="ddim", steps=3, counter=counter)
+    assert x.shape == (2, 1, 28, 28) and counter == {"forwards": 3, "evaluations": 3 * 2}
+    with pytest.raises(ValueError, match="outside the student's trained range"):
+        pipe.sample(torch.tensor([1]), 4.5, sampler="ddim", steps=3)

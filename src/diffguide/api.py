@@ -30,7 +30,9 @@ __all__ = ["Pipeline", "load", "sample_images", "check_combination", "default_ma
            "BUILTIN_GUIDES", "CPU_MAX_BATCH"]
 
 ASSETS = Path(__file__).parent / "assets"
-BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors")}
+BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors"),
+           # guidance-distilled students of it (issue #18): w inside, one forward per step
+           "mnist-student": ("mnist_student.safetensors", "mnist_classifier_small.safetensors")}
 BUILTIN_GUIDES = {"mnist": "mnist_guide_tiny.safetensors"}  # autoguidance guides of the built-in models
 # On CPU a forward's cost per row grows with its size once activations outgrow the caches: the shipped
 # U-Net costs more per row at 1000 rows than at 128 (benchmarks/results/sampling_speed.md), so
@@ -223,7 +225,8 @@ def _load_network(path: str | Path) -> nn.Module:
 
 def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = None,
          guide: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
-    """``"mnist"`` (the shipped CFG model and classifier), or a path to an exported ``.safetensors``
+    """``"mnist"`` (the shipped CFG model and classifier), ``"mnist-student"`` (its guidance-distilled
+    student, w inside: one forward per step), or a path to an exported ``.safetensors``
     file, a checkpoint or a run directory (``classifier`` and ``guide``, an autoguidance guide,
     likewise, optional; ``guide="mnist"``: the shipped guide of the MNIST model, the ``tiny`` preset at 1/4
     of its training). A local

@@ -3,6 +3,7 @@
     python benchmarks/distillation.py --points teacher    # the teacher's points (any time)
     python benchmarks/distillation.py --points students   # the students' (once they are trained)
     python benchmarks/distillation.py --phase timing      # wall time and forwards per sample, alone
+    python benchmarks/distillation.py --phase fit         # stage one's error against its target, by w and lam
     python benchmarks/distillation.py --report-only
     -> benchmarks/results/distillation/{results.md, results.json, fid.png}
 
@@ -101,6 +102,43 @@ def timing(repeats: int = 2) -> dict[str, Any]:
     return out
 
 
+def fit(n: int = 2000) -> dict[str, Any]:
+    """How closely the stage-one student reproduces the teacher's guided eps, (1 + w) eps_c - w eps_u, on
+    held-out (x from the MNIST test split, lam from the training schedule, eps): the relative error
+    ||student - target||^2 / ||target - eps_c||^2 (the share of the guidance term it misses), by w and by
+    noise quartile of lam. fp32, the same draws for every w."""
+    from diffguide.data import load_data
+    from diffguide.models import load_model
+    from diffguide.training.losses import noise_quartile
+
+    teacher, student = load_model(MODELS["teacher"]), load_model(MODELS["stage one"])
+    data, g = load_data("mnist:test"), torch.Generator().manual_seed(0)
+    x, c = data.images[:n], data.labels[:n]
+    sched = teacher.train_schedule
+    lam = sched.sample_lam(n, generator=g)
+    alpha, sigma = torch.sigmoid(lam).sqrt()[:, None, None, None], torch.sigmoid(-lam).sqrt()[:, None, None, None]
+    z = alpha * x + sigma * torch.randn(x.shape, generator=g)
+    q = noise_quartile(sched, lam)
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        e_c = torch.cat([teacher(z[i:i + 250], lam[i:i + 250], c[i:i + 250]) for i in range(0, n, 250)])
+        e_u = torch.cat([teacher(z[i:i + 250], lam[i:i + 250], torch.full_like(c[i:i + 250], 10))
+                         for i in range(0, n, 250)])
+        for w in WS:
+            target = e_c + w * (e_c - e_u)
+            got = torch.cat([student(z[i:i + 250], lam[i:i + 250], student.condition(c[i:i + 250], w))
+                             for i in range(0, n, 250)])
+            err = (got - target).pow(2).flatten(1).sum(1)
+            scale = (e_c - e_u).pow(2).flatten(1).sum(1) * max(w, 1.0) ** 2
+            out[str(w)] = {"all": (err.sum() / scale.sum()).item(),
+                           **{f"q{k}": (err[q == k].sum() / scale[q == k].sum()).item() for k in range(4)}}
+            print(f"w={w:g}", {k: round(v, 4) for k, v in out[str(w)].items()}, flush=True)
+    DEST.mkdir(parents=True, exist_ok=True)
+    (DEST / "fit.json").write_text(json.dumps({"command": f"{CMD} --phase fit", "n": n, "by_w": out}, indent=1)
+                                   + "\n")
+    return out
+
+
 def card(model: str) -> dict[str, Any]:
     path = MODELS[model].with_suffix(".json")
     return json.loads(path.read_text()) if path.exists() else {}
@@ -147,6 +185,15 @@ def report() -> None:
         worst = max((s4[w]["fid"] / ref[w]["fid"] - 1, w) for w in WS if w in s4 and w in ref)
         goals.append(f"- Stage two (4-step student against the teacher's 256-step DDPM): FID at most "
                      f"{100 * worst[0]:+.1f} % from it (worst at w = {worst[1]:g}; goal: within 25 % at every w).")
+    if (DEST / "fit.json").exists():
+        by_w = json.loads((DEST / "fit.json").read_text())["by_w"]
+        goals += ["", f"## How closely stage one fits its target (`{CMD} --phase fit`)", "",
+                  "Held-out MNIST test images, training-schedule lam: ||student - target||^2 over ||max(w, 1) "
+                  "(eps_c - eps_u)||^2, the share of the guidance term's energy the student misses (2000 draws), "
+                  "overall and by noise quartile (q0 least noisy):", "",
+                  "| w | all | q0 | q1 | q2 | q3 |", "|---|---|---|---|---|---|"]
+        goals += [f"| {float(w):g} | " + " | ".join(f"{r[k]:.3f}" for k in ("all", "q0", "q1", "q2", "q3")) + " |"
+                  for w, r in by_w.items()]
     cost = ["", "## Training cost", "", "| model | command | steps | wall s | machine |", "|---|---|---|---|---|"]
     for model in MODELS:
         c = card(model)
@@ -192,13 +239,15 @@ def plot(got: dict[str, dict[float, dict[str, Any]]], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", choices=["teacher", "students"])
-    ap.add_argument("--phase", choices=["timing"])
+    ap.add_argument("--phase", choices=["timing", "fit"])
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
     if a.points and not a.report_only:
         run_points(a.points)
     if a.phase == "timing" and not a.report_only:
         timing()
+    if a.phase == "fit" and not a.report_only:
+        fit()
     report()
 
 

@@ -183,3 +183,17 @@ def test_the_cli_distils_progressively_and_refuses_steps_without_progressive(tmp
     assert res.exit_code == 2 and "options of --progressive" in res.output
     res = CliRunner().invoke(cli, args[:-2] + ["--to-steps", "3"])
     assert res.exit_code != 0 and "not reachable by halving" in str(res.exception)
+
+
+def test_the_shipped_progressive_students_load_by_name_and_default_to_their_own_ddim_steps():
+    import diffguide as dg
+
+    for name, steps in (("mnist-student-8", 8), ("mnist-student-4", 4)):
+        pipe = dg.load(name)
+        assert isinstance(pipe.net, GuidedStudent) and (pipe.net.output, pipe.net.distilled_steps) == ("v", steps)
+        counter: dict[str, int] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the default is what it learnt: no warning
+            x = pipe.sample(torch.tensor([2, 5]), 1.0, counter=counter)
+        assert x.shape == (2, 1, 28, 28) and counter == {"forwards": steps, "evaluations": 2 * steps}
+        assert torch.equal(x, pipe.sample(torch.tensor([2, 5]), 1.0, sampler="ddim", steps=steps))

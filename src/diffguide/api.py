@@ -32,7 +32,10 @@ __all__ = ["Pipeline", "load", "sample_images", "check_combination", "default_ma
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors"),
            # guidance-distilled students of it (issue #18): w inside, one forward per step
-           "mnist-student": ("mnist_student.safetensors", "mnist_classifier_small.safetensors")}
+           "mnist-student": ("mnist_student.safetensors", "mnist_classifier_small.safetensors"),
+           # ... and its progressive students for deterministic DDIM in 8 and 4 steps
+           "mnist-student-8": ("mnist_student_8.safetensors", "mnist_classifier_small.safetensors"),
+           "mnist-student-4": ("mnist_student_4.safetensors", "mnist_classifier_small.safetensors")}
 BUILTIN_GUIDES = {"mnist": "mnist_guide_tiny.safetensors"}  # autoguidance guides of the built-in models
 # On CPU a forward's cost per row grows with its size once activations outgrow the caches: the shipped
 # U-Net costs more per row at 1000 rows than at 128 (benchmarks/results/sampling_speed.md), so
@@ -107,7 +110,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     differentiable log-likelihood (:class:`~diffguide.guidance.reward.RewardGuidance`), on top of any of these.
 
     How to sample is ``sampling`` (a :class:`~diffguide.sampling.SamplingConfig`; default: its
-    defaults), with any of its fields, or a sampler option, given here as a keyword overriding it
+    defaults, or DDIM at its own step count for a progressive student), with any of its fields, or a
+    sampler option, given here as a keyword overriding it
     (``sampler="unipc", steps=10``, ``eta=1.0``): see :meth:`SamplingConfig.make`. ``schedule``: the
     grid's schedule (default: the network's training schedule). Sample ``i`` uses the noise stream
     seeded by ``(seed, first_index + i)``, so results do not depend on ``batch_size`` or
@@ -116,6 +120,9 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     """
     net = cast(nn.Module, check_network(net))
     proto = cast(GuidedNetwork, net)
+    distilled = getattr(net, "distilled_steps", None)
+    if distilled is not None and sampling is None and all(options.get(k) is None for k in ("sampler", "steps")):
+        options = {"sampler": "ddim", "steps": distilled, **options}  # what a progressive student learnt
     cfg = SamplingConfig.make(sampling, **options)
     labels = torch.as_tensor(list(labels) if not isinstance(labels, Tensor) else labels)
     if labels.ndim < 1 or labels.shape[0] == 0:
@@ -226,7 +233,8 @@ def _load_network(path: str | Path) -> nn.Module:
 def load(name_or_path: str | Path = "mnist", *, classifier: str | Path | None = None,
          guide: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
     """``"mnist"`` (the shipped CFG model and classifier), ``"mnist-student"`` (its guidance-distilled
-    student, w inside: one forward per step), or a path to an exported ``.safetensors``
+    student, w inside: one forward per step), ``"mnist-student-8"``/``"-4"`` (that student progressively
+    distilled for DDIM in 8 and 4 steps), or a path to an exported ``.safetensors``
     file, a checkpoint or a run directory (``classifier`` and ``guide``, an autoguidance guide,
     likewise, optional; ``guide="mnist"``: the shipped guide of the MNIST model, the ``tiny`` preset at 1/4
     of its training). A local

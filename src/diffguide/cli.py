@@ -384,8 +384,8 @@ def sample_grids(pipe: Any, out: Path, *, ws: list[float], cg_scales: list[float
 
 @cli.command()
 @click.option("--checkpoint", default="mnist", show_default=True,
-              help="'mnist' (shipped), 'mnist-student' (its distilled student), an exported .safetensors, a "
-                   "checkpoint or a run directory.")
+              help="'mnist' (shipped), 'mnist-student', 'mnist-student-8', 'mnist-student-4' (its distilled "
+                   "students), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
 @click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model ('mnist': the shipped "
                                          "guide; an exported .safetensors, checkpoint or run dir) under the same "
@@ -574,8 +574,8 @@ def _metrics_opts(fn: Any) -> Any:
 
 @cli.command()
 @click.option("--checkpoint", default="mnist", show_default=True,
-              help="'mnist' (shipped), 'mnist-student' (its distilled student), an exported .safetensors, a "
-                   "checkpoint or a run directory.")
+              help="'mnist' (shipped), 'mnist-student', 'mnist-student-8', 'mnist-student-4' (its distilled "
+                   "students), an exported .safetensors, a checkpoint or a run directory.")
 @click.option("--classifier", help="Noise-aware classifier for classifier guidance (default: shipped, for mnist).")
 @click.option("--guide", "guide_path", help="Autoguidance: guide away from this weaker model ('mnist': the shipped "
                                          "guide; an exported .safetensors, checkpoint or run dir) under the same "

@@ -185,16 +185,18 @@ def report() -> None:
         text, verdict = ratios(s16, t16, 0.10)
         tt, st = timed.get(key("teacher", "ddim", 16)), timed.get(key("stage one", "ddim", 16))
         ratio = f"{st['seconds_per_sample'] / tt['seconds_per_sample']:.2f}x" if tt and st else "not timed"
-        goals.append(f"- **Stage one** (DDIM 16, student FID / teacher FID): {text}. Goal, within 10 % at every w: "
-                     f"**{verdict}**. Sampling time at w = 2: {ratio} the teacher's (goal <= 0.55x).")
+        goals.append(f"- **Stage one** (DDIM 16, student FID / teacher FID): {text}. Goal, no more than 10 % above "
+                     f"the teacher at every w: **{verdict}**. Sampling time at w = 2: {ratio} the teacher's (goal "
+                     f"<= 0.55x).")
     s4 = got[key("4-step student", "ddim", 4)]
     if s4 and ref:
         text, verdict = ratios(s4, ref, 0.25)
         t4, tref = timed.get(key("4-step student", "ddim", 4)), timed.get(key("teacher", "ddpm", 256))
-        cost = (f" It costs {t4['rows_per_sample']:g} network rows per sample instead of {tref['rows_per_sample']:g} "
-                f"({tref['seconds_per_sample'] / t4['seconds_per_sample']:.0f}x less time)." if t4 and tref else "")
+        saving = (f" It costs {t4['rows_per_sample']:g} network rows per sample instead of "
+                  f"{tref['rows_per_sample']:g} ({tref['seconds_per_sample'] / t4['seconds_per_sample']:.0f}x less "
+                  f"time)." if t4 and tref else "")
         goals.append(f"- **Stage two** (4-step student, DDIM 4, FID / the teacher's 256-step DDPM FID): {text}. Goal, "
-                     f"within 25 % at every w: **{verdict}**.{cost}")
+                     f"no more than 25 % above it at every w: **{verdict}**.{saving}")
     if (DEST / "fit.json").exists():
         by_w = json.loads((DEST / "fit.json").read_text())["by_w"]
         goals += ["", f"## How closely stage one fits its target (`{CMD} --phase fit`)", "",
@@ -214,11 +216,10 @@ def report() -> None:
     (DEST / "results.md").write_text("\n".join(md + goals + cost) + "\n")
     keep = ("fid", "accuracy", "precision", "recall", "is_mean", "nfe")
     (DEST / "results.json").write_text(json.dumps({
-        "n": N, "cpu": cpu_info()["model"], "points": {key(*p): {"model": p[0], "sampler": p[1], "steps": p[2],
-                                                                 "timing": timed.get(key(*p)),
-                                                                 "w": {str(w): {k: r.get(k) for k in keep}
-                                                                       for w, r in got[key(*p)].items()}}
-                                                       for p in POINTS},
+        "n": N, "cpu": cpu_info()["model"], "cpu_flags": cpu_info()["flags"],
+        "points": {key(*p): {"model": p[0], "sampler": p[1], "steps": p[2], "timing": timed.get(key(*p)),
+                             "w": {str(w): {k: r.get(k) for k in keep} for w, r in got[key(*p)].items()}}
+                   for p in POINTS},
         "cards": {m: {k: card(m).get(k) for k in ("command", "steps", "wall_time_s", "cpu", "threads")}
                   for m in MODELS}}, indent=1) + "\n")
     plot(got, DEST / "fid.png")

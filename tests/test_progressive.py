@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,6 +179,13 @@ def test_the_cli_distils_progressively_and_refuses_steps_without_progressive(tmp
                                    "--labels", "0-2", "--n", "3", "--sampler", "ddim", "--steps", "1",
                                    "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
+    with warnings.catch_warnings():  # neither --sampler nor --steps: DDIM at its own step, no warning
+        warnings.simplefilter("error")
+        res = CliRunner().invoke(cli, ["sample", "--checkpoint", str(tmp_path / "s1.safetensors"), "--w", "2",
+                                       "--labels", "0-2", "--n", "3", "--out", str(tmp_path / "own")])
+    assert res.exit_code == 0, res.output
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "own" / "w2.npz")["images"]),
+                       torch.from_numpy(np.load(tmp_path / "s" / "w2.npz")["images"]))
     res = CliRunner().invoke(cli, ["distill", "--teacher", str(stage_one), "--from-steps", "4", "--out",
                                    str(tmp_path / "x")])
     assert res.exit_code == 2 and "options of --progressive" in res.output

@@ -335,6 +335,18 @@ def _pop_sampling(kw: dict[str, Any]) -> Any:
         raise click.BadParameter(str(e)) from None
 
 
+def _own_steps(sampling: Any, net: Any) -> Any:
+    """A progressive student samples by DDIM at its own step count unless --sampler or --steps says otherwise."""
+    steps = getattr(net, "distilled_steps", None)
+    ctx = click.get_current_context()
+    given = any(ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT for k in ("sampler", "steps"))
+    if steps is None or given:
+        return sampling
+    import dataclasses
+
+    return dataclasses.replace(sampling, sampler="ddim", steps=steps)
+
+
 _GUIDANCE_KEYS = ("method", "phi", "interval_text", "interval_sigma_text", "w_schedule", "threshold", "apg_beta",
                   "apg_r", "apg_eta", "apg_clip", "zero_init")
 
@@ -422,6 +434,7 @@ def sample(checkpoint: str, classifier: str | None, guide_path: str | None, w_te
     sampling = _pop_sampling(kw)
     rt = init_runtime(device)  # one process, or this rank of a torchrun job
     pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=rt.device)
+    sampling = _own_steps(sampling, pipe.net)
     ws = strengths(w_text, scale_text, "0" if unconditional or not pipe.num_classes else "0,1,3", method)
     cg_scales = parse_floats(cg_text, "--cg-scale")
     if any(cg_scales) and pipe.classifier is None:
@@ -624,6 +637,7 @@ def sweep(checkpoint: str, classifier: str | None, guide_path: str | None, w_tex
 
     rt = init_runtime(device)  # one process, or this rank of a torchrun job (a share of every setting's chunks)
     pipe = load(checkpoint, classifier=classifier, guide=guide_path, device=rt.device)
+    sampling = _own_steps(sampling, pipe.net)
     if any(cg_scales) and pipe.classifier is None:
         raise click.BadParameter("classifier guidance needs --classifier PATH", param_hint="--cg-scale")
     for turn in (True, False):  # rank 0 computes (and caches) the reference statistics; the others read them

@@ -27,17 +27,17 @@ class TrainConfig:
     """Everything a training run depends on; saved with every checkpoint.
 
     ``task``: ``"diffusion"`` (eps-MSE with label dropout, CFG paper Alg. 1), ``"classifier"``
-    (noise-aware classifier, cross-entropy on noisy inputs) or ``"distill"`` (guidance distillation of
+    (noise-aware classifier, cross-entropy on noisy inputs), ``"distill"`` (guidance distillation of
     the CFG model ``teacher`` into a w-conditioned student over ``[w_min, w_max]``, Meng et al. 2023;
-    ``preset`` and ``net`` are then the teacher's) or ``"progressive"`` (below). ``steps`` caps the step count;
+    ``preset`` and ``net`` are then the teacher's) or ``"progressive"`` (progressive distillation of such a
+    student, Salimans & Ho 2022 as Meng et al. 2023 apply it: ``from_steps`` DDIM steps halved round by
+    round down to ``to_steps``; ``steps`` is then each round's). ``steps`` caps the step count;
     ``time_budget`` (seconds) stops on wall-clock time instead, and then warm-up and learning-rate
     decay follow the budget. ``batch_size`` is per process and per micro-batch: a step's global batch
     is ``batch_size x processes x accumulate`` (gradient accumulation over ``accumulate`` micro-batches),
     and a run is defined by its global batch, not by how it is split. ``backend``: the
     ``torch.distributed`` backend under torchrun (``auto``: NCCL on GPUs, gloo on CPU). ``compile``:
-    ``"progressive"`` (progressive distillation of such a student, Salimans & Ho 2022 as Meng et al.
-    2023 apply it: ``from_steps`` DDIM steps halved round by round down to ``to_steps``; ``steps`` is
-    each round's). ``torch.compile`` the network for training (worth it on GPUs; it gave nothing on CPU). ``precision``:
+    ``torch.compile`` the network for training (worth it on GPUs; it gave nothing on CPU). ``precision``:
     ``"auto"`` picks bf16 autocast on CUDA with bf16 and on CPUs with native bf16
     (``avx512_bf16``/``amx_bf16``), fp32 elsewhere.
     """

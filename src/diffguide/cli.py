@@ -130,7 +130,7 @@ def train_classifier(**kw: Any) -> None:
 @cli.command()
 @_train_options
 @click.option("--teacher", help="The CFG-trained model to distil ('mnist': the shipped one; or an export, "
-                                "checkpoint or run dir).")
+                                "checkpoint or run dir); with --progressive a stage-one student ('mnist-student').")
 @click.option("--w-range", "w_range", help="The guidance weights the student learns, w_min,w_max (the CFG paper's w; "
                                            "default 0,4 as Meng et al.).")
 @click.option("--weighting", "distill_weighting", type=click.Choice(["snr", "truncated-snr"]),
@@ -145,10 +145,10 @@ def distill(teacher: str | None, w_range: str | None, progressive: bool, from_st
     """Guidance distillation (Meng et al. 2023). Stage one: a w-conditioned student of a CFG model that
     samples with one forward per step. Stage two (--progressive): students of that student for ever fewer
     DDIM steps, each round's kept as OUT/student-M.safetensors."""
-    if teacher == "mnist":
-        from .api import ASSETS, BUILTIN
+    from .api import ASSETS, BUILTIN
 
-        teacher = str(ASSETS / BUILTIN["mnist"][0])
+    if teacher in BUILTIN:  # 'mnist' (the CFG model), 'mnist-student' (its stage-one student), ...
+        teacher = str(ASSETS / BUILTIN[teacher][0])
     if w_range is not None:
         ws = parse_floats(w_range, "--w-range")
         if len(ws) != 2:

@@ -26,8 +26,8 @@ from .noise import PerSampleNoise, sample_seeds
 from .sampling import SamplingConfig, takers
 from .schedule import Schedule
 
-__all__ = ["Pipeline", "load", "sample_images", "check_combination", "default_max_batch", "ASSETS", "BUILTIN",
-           "BUILTIN_GUIDES", "CPU_MAX_BATCH"]
+__all__ = ["Pipeline", "load", "sample_images", "check_combination", "default_max_batch", "distilled_sampling",
+           "ASSETS", "BUILTIN", "BUILTIN_GUIDES", "CPU_MAX_BATCH"]
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"mnist": ("mnist_cfg_small.safetensors", "mnist_classifier_small.safetensors"),
@@ -78,13 +78,20 @@ def _check_device(module: nn.Module | None, device: torch.device, what: str) -> 
                          f"(module.to(device)), or sample through dg.Pipeline, which does")
 
 
-def _check_distilled_steps(net: nn.Module, cfg: SamplingConfig) -> None:
-    """A progressive student learnt one sampler: deterministic DDIM on its schedule's grid at its step count."""
+def distilled_sampling(net: nn.Module) -> dict[str, Any]:
+    """The sampler a progressive student learnt, ``{"sampler": "ddim", "steps": N}`` (deterministic DDIM on
+    its schedule's grid at its step count, x0 clipped to [-1, 1]: the defaults); ``{}`` for other networks."""
     steps = getattr(net, "distilled_steps", None)
+    return {} if steps is None else {"sampler": "ddim", "steps": steps}
+
+
+def _check_distilled_steps(net: nn.Module, cfg: SamplingConfig) -> None:
+    """A progressive student sampled otherwise than it learnt (:func:`distilled_sampling`) is warned about."""
+    steps = distilled_sampling(net).get("steps")
     if steps is None:
         return
-    eta = getattr(cfg.sampler, "keywords", {}).get("eta", 0.0) if not isinstance(cfg.sampler, str) else 0.0
-    if cfg.name != "ddim" or cfg.steps != steps or cfg.grid not in ("auto", "schedule") or eta or cfg.clip_x0 != 1.0:
+    eta = cfg.options.get("eta", 0.0)
+    if cfg.name != "ddim" or cfg.steps != steps or cfg.grid_kind != "schedule" or eta or cfg.clip_x0 != 1.0:
         warnings.warn(f"this student was distilled for deterministic DDIM in {steps} steps on the schedule's grid "
                       f"with x0 clipped to [-1, 1] (sampler='ddim', steps={steps}, clip_x0=1); sampling it with "
                       f"{cfg.describe()}, clip_x0={cfg.clip_x0} is not what it learnt", stacklevel=3)
@@ -120,9 +127,8 @@ def sample_images(net: nn.Module, labels: Iterable[int] | Tensor, w: float | Ten
     """
     net = cast(nn.Module, check_network(net))
     proto = cast(GuidedNetwork, net)
-    distilled = getattr(net, "distilled_steps", None)
-    if distilled is not None and sampling is None and all(options.get(k) is None for k in ("sampler", "steps")):
-        options = {"sampler": "ddim", "steps": distilled, **options}  # what a progressive student learnt
+    if sampling is None and all(options.get(k) is None for k in ("sampler", "steps")):
+        options = {**options, **distilled_sampling(net)}  # a progressive student: what it learnt
     cfg = SamplingConfig.make(sampling, **options)
     labels = torch.as_tensor(list(labels) if not isinstance(labels, Tensor) else labels)
     if labels.ndim < 1 or labels.shape[0] == 0:

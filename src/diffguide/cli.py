@@ -337,14 +337,13 @@ def _pop_sampling(kw: dict[str, Any]) -> Any:
 
 def _own_steps(sampling: Any, net: Any) -> Any:
     """A progressive student samples by DDIM at its own step count unless --sampler or --steps says otherwise."""
-    steps = getattr(net, "distilled_steps", None)
-    ctx = click.get_current_context()
-    given = any(ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT for k in ("sampler", "steps"))
-    if steps is None or given:
-        return sampling
     import dataclasses
 
-    return dataclasses.replace(sampling, sampler="ddim", steps=steps)
+    from .api import distilled_sampling
+
+    ctx = click.get_current_context()
+    given = any(ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT for k in ("sampler", "steps"))
+    return sampling if given else dataclasses.replace(sampling, **distilled_sampling(net))
 
 
 _GUIDANCE_KEYS = ("method", "phi", "interval_text", "interval_sigma_text", "w_schedule", "threshold", "apg_beta",

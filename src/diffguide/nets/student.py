@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..prediction import bcast
+from ..prediction import bcast, x0_of
 from ..schedule import alpha_sigma
 from .blocks import check_inputs, zero_
 from .unet import UNet, UNetConfig, unet_config
@@ -148,7 +148,7 @@ class GuidedStudent(UNet):
         a, s = bcast(alpha, z), bcast(sigma, z)
         if predict == "eps":
             return out if self.output == "eps" else s * z + a * out  # eps = sigma z + alpha v
-        return a * z - s * out if self.output == "v" else (z - s * out) / a
+        return a * z - s * out if self.output == "v" else x0_of(z, out, a, s)
 
     def raw(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
         """The network's own output: ``eps`` or ``v`` (``output``)."""

@@ -99,9 +99,11 @@ def prepare(z: Tensor, lams: Tensor | list[float], noise: Noise | None) -> tuple
     return grid, checked_noise(noise, z) if noise is not None else (lambda: torch.randn_like(z))
 
 
-def denoise(z: Tensor, eps: Tensor, alpha: float, sigma: float, clip_x0: float | None) -> tuple[Tensor, Tensor]:
+def denoise(z: Tensor, eps: Tensor, alpha: float | Tensor, sigma: float | Tensor,
+            clip_x0: float | None) -> tuple[Tensor, Tensor]:
     """``x0`` from ``eps``; with ``clip_x0`` the prediction is clamped to ``[-clip_x0, clip_x0]`` and
-    ``eps`` recomputed to stay consistent with it."""
+    ``eps`` recomputed to stay consistent with it. ``alpha``/``sigma``: floats, or per-sample tensors
+    broadcasting with ``z`` (progressive distillation's teacher steps)."""
     x0 = x0_of(z, eps, alpha, sigma)
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)

@@ -145,13 +145,11 @@ def _ddim_step(net: nn.Module, z: Tensor, lam: Tensor, lam_next: Tensor, cond: T
     """One deterministic DDIM step ``lam -> lam_next`` per sample (float64 arithmetic around a float32
     forward), exactly as :func:`diffguide.samplers.ddim` takes it: ``x0`` (clamped to ``clip_x0``, ``eps``
     made consistent with it), then ``alpha' x0 + sigma' eps``; a step to ``+inf`` is ``x0``."""
+    from ..samplers.base import denoise
+
     (a, s), (a_n, s_n) = alpha_sigma(lam), alpha_sigma(lam_next)
     a, s, a_n, s_n = (bcast(t, z) for t in (a, s, a_n, s_n))
-    eps = net(z.float(), lam.float(), cond).double()
-    x0 = (z - s * eps) / a
-    if clip_x0 is not None:
-        x0 = x0.clamp(-clip_x0, clip_x0)
-        eps = (z - a * x0) / s
+    x0, eps = denoise(z, net(z.float(), lam.float(), cond).double(), a, s, clip_x0)
     return a_n * x0 + s_n * eps  # (1, 0) at lam_next = +inf: x0
 
 
